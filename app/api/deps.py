@@ -1,0 +1,62 @@
+"""Typed dependencies: the app's services and the caller's signature headers."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Header, Request
+
+from app.errors import Unavailable
+from app.model import ModelInfo
+from app.pipeline import EmbeddingPipeline
+from app.security import AuthHeaders, RequestVerifier
+from app.services import Services
+
+
+def get_services(request: Request) -> Services:
+    return cast(Services, request.state.services)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_ready(services: ServicesDep) -> tuple[EmbeddingPipeline, ModelInfo]:
+    ready = services.ready()
+    if ready is None:
+        raise Unavailable(f"service not ready: {services.reason or services.status.value}")
+    return ready
+
+
+ReadyDep = Annotated[tuple[EmbeddingPipeline, ModelInfo], Depends(get_ready)]
+
+
+class Signed:
+    """The request's signature headers plus what is needed to check them against the payload."""
+
+    def __init__(self, verifier: RequestVerifier, request: Request, headers: AuthHeaders) -> None:
+        self._verifier = verifier
+        self._method = request.method
+        # Sign over the path exactly as it arrived, not a normalised one.
+        raw = request.scope.get("raw_path")
+        self._path = raw.decode("latin-1") if raw else request.url.path
+        self._headers = headers
+
+    def verify(self, payload_id: str) -> None:
+        """Raise Unauthorized unless the signature covers this payload."""
+        self._verifier.verify(self._method, self._path, payload_id, self._headers)
+
+
+def get_signed(
+    request: Request,
+    services: ServicesDep,
+    x_timestamp: Annotated[str | None, Header()] = None,
+    x_signature: Annotated[str | None, Header()] = None,
+    x_nonce: Annotated[str | None, Header()] = None,
+) -> Signed:
+    headers = AuthHeaders(timestamp=x_timestamp, signature=x_signature, nonce=x_nonce)
+    # Refuse missing or stale headers before the body is even validated.
+    services.verifier.precheck(headers)
+    return Signed(services.verifier, request, headers)
+
+
+SignedDep = Annotated[Signed, Depends(get_signed)]

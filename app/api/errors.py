@@ -1,0 +1,86 @@
+"""The one place that maps domain errors to HTTP statuses and the JSON error body."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import errors
+
+log = logging.getLogger("app.api")
+
+STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
+    errors.Unauthorized: 401,
+    errors.InvalidRequest: 422,
+    errors.InvalidUrl: 422,
+    errors.UrlNotAllowed: 422,
+    errors.InvalidImage: 422,
+    errors.ImageTooLarge: 413,
+    errors.RequestTooLarge: 413,
+    errors.DownloadFailed: 502,
+    errors.DownloadTimeout: 504,
+    errors.Overloaded: 503,
+    errors.Unavailable: 503,
+}
+RETRY_AFTER_S = "1"
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """Return the JSON error body every failure shares."""
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(error_body(code, message)), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def status_for(exc: errors.ServiceError) -> int:
+    """Return the HTTP status of a domain error."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def service_error_response(exc: errors.ServiceError) -> Response:
+    status = status_for(exc)
+    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    return error_response(exc.code, exc.message, status, headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every failure the same JSON shape."""
+
+    @app.exception_handler(errors.ServiceError)
+    async def _service(_: Request, exc: errors.ServiceError) -> Response:
+        return service_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return error_response("invalid_request", _describe_validation(exc), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(code, str(exc.detail), exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unknown(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response("internal_error", "internal server error", 500)

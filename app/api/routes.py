@@ -1,0 +1,106 @@
+"""The four endpoints; each validates, verifies the signature, then calls the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from clip_client.signing import batch_payload_id, image_payload_id, text_payload_id
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from app.api.deps import ReadyDep, ServicesDep, SignedDep
+from app.api.errors import error_body
+from app.errors import InvalidRequest, ServiceError
+from app.schemas import (
+    BatchResponse,
+    EmbedImageBatchRequest,
+    EmbedImageRequest,
+    EmbeddingResponse,
+    EmbedTextRequest,
+    ErrorResponse,
+    HealthResponse,
+)
+from app.services import Status
+
+router = APIRouter()
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (401, 413, 422, 502, 503, 504)
+}
+
+
+def json_response(content: object, status_code: int = 200) -> Response:
+    """Serialise with orjson; numpy float32 vectors go out without a Python-float detour."""
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status_code, media_type="application/json"
+    )
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def health(services: ServicesDep) -> Response:
+    s = services.settings
+    body: dict[str, object] = {
+        "status": services.status.value,
+        "max_batch_size": s.max_batch_size,
+        "auth": "insecure" if s.allow_insecure_auth else "hmac",
+    }
+    if services.info is not None:
+        info = services.info
+        body |= {
+            "model": info.model,
+            "pretrained": info.pretrained,
+            "device": info.device,
+            "dtype": info.dtype,
+            "dim": info.dim,
+            "random_weights": info.pretrained == "none",
+        }
+    if services.engine is not None:
+        body["engine"] = services.engine.snapshot()
+    ready = services.ready() is not None
+    if not ready:
+        body["status"] = services.status.value if services.status is not Status.OK else "unavailable"
+        body["reason"] = services.reason or "engine stopped"
+    return json_response(body, 200 if ready else 503)
+
+
+@router.post("/v1/embed/image", response_model=EmbeddingResponse, responses=_ERRORS)
+async def embed_image(body: EmbedImageRequest, signed: SignedDep, ready: ReadyDep) -> Response:
+    signed.verify(image_payload_id(body.image_url))
+    pipeline, info = ready
+    vector = await pipeline.embed_image(body.image_url)
+    return json_response({"embedding": vector, "dim": info.dim, "model": info.model})
+
+
+@router.post("/v1/embed/image-batch", response_model=BatchResponse, responses=_ERRORS)
+async def embed_image_batch(
+    body: EmbedImageBatchRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep
+) -> Response:
+    signed.verify(batch_payload_id(body.image_urls))
+    limit = services.settings.max_batch_size
+    if len(body.image_urls) > limit:
+        raise InvalidRequest(f"image_urls holds {len(body.image_urls)} URLs; at most {limit} are accepted")
+    pipeline, info = ready
+    outcomes = await pipeline.embed_images(body.image_urls)
+    results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
+    succeeded = sum(1 for r in results if r["error"] is None)
+    return json_response(
+        {"results": results, "succeeded": succeeded, "failed": len(results) - succeeded, "dim": info.dim, "model": info.model}
+    )
+
+
+def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, object]:
+    if isinstance(outcome, ServiceError):
+        return {"index": index, "embedding": None, "error": error_body(outcome.code, outcome.message)["error"]}
+    return {"index": index, "embedding": outcome, "error": None}
+
+
+@router.post("/v1/embed/text", response_model=EmbeddingResponse, responses=_ERRORS)
+async def embed_text(body: EmbedTextRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep) -> Response:
+    signed.verify(text_payload_id(body.text))
+    limit = services.settings.max_text_chars
+    if len(body.text) > limit:
+        raise InvalidRequest(f"text is {len(body.text)} characters; at most {limit} are accepted")
+    if not body.text.strip():
+        raise InvalidRequest("text is blank")
+    pipeline, info = ready
+    vector = await pipeline.embed_text(body.text)
+    return json_response({"embedding": vector, "dim": info.dim, "model": info.model})

@@ -1,0 +1,168 @@
+"""Cross-request dynamic batching in front of one model thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from app.errors import Unavailable
+from app.model import Embedder
+
+log = logging.getLogger("app.engine")
+
+RunBatch = Callable[[list[torch.Tensor]], np.ndarray]
+
+
+@dataclass(slots=True)
+class _Item:
+    payload: torch.Tensor
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """What /health shows of one queue."""
+
+    batches: int = 0
+    items: int = 0
+    last_batch_size: int = 0
+    max_batch_size_seen: int = 0
+
+
+class BatchQueue:
+    """One modality's queue; a worker task turns waiting items into model batches."""
+
+    def __init__(
+        self, name: str, run: RunBatch, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.stats = QueueStats()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch."""
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        """Say whether the worker task is running."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._work(), name=f"engine-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(Unavailable("the engine is shutting down"))
+
+    async def submit(self, payloads: list[torch.Tensor]) -> list[np.ndarray]:
+        """Queue the payloads together and wait for their vectors, in order."""
+        if not self.alive:
+            raise Unavailable("the engine is not running")
+        loop = asyncio.get_running_loop()
+        items = [_Item(p, loop.create_future()) for p in payloads]
+        for item in items:
+            self._queue.put_nowait(item)
+        try:
+            return list(await asyncio.gather(*(i.future for i in items)))
+        finally:
+            for item in items:
+                item.future.cancel()  # no-op when done; drops leftovers when the caller went away
+
+    async def _gather(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self._max_wait_s
+        while len(batch) < self._max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            # Wait briefly only when the queue ran dry: a full batch is never held back.
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return [item for item in batch if not item.future.done()]
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch:
+                continue
+            try:
+                vectors = await loop.run_in_executor(self._executor, self._run, [i.payload for i in batch])
+            except Exception as exc:
+                log.exception("%s batch of %d failed", self.name, len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self._record(len(batch))
+            for item, vector in zip(batch, vectors, strict=True):
+                if not item.future.done():
+                    item.future.set_result(vector)
+
+    def _record(self, size: int) -> None:
+        s = self.stats
+        s.batches += 1
+        s.items += size
+        s.last_batch_size = size
+        s.max_batch_size_seen = max(s.max_batch_size_seen, size)
+
+
+class Engine:
+    """The image and text queues sharing a single model thread."""
+
+    def __init__(self, embedder: Embedder, max_batch: int, max_wait_ms: float) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        wait_s = max_wait_ms / 1000.0
+        self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s)
+        self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s)
+
+    @property
+    def alive(self) -> bool:
+        """Say whether both workers are running."""
+        return self.images.alive and self.texts.alive
+
+    def start(self) -> None:
+        self.images.start()
+        self.texts.start()
+
+    async def stop(self) -> None:
+        await self.images.stop()
+        await self.texts.stop()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Report queue depths and batch sizes for /health."""
+        return {
+            q.name: {
+                "queue_depth": q.depth,
+                "batches": q.stats.batches,
+                "items": q.stats.items,
+                "last_batch_size": q.stats.last_batch_size,
+                "max_batch_size_seen": q.stats.max_batch_size_seen,
+            }
+            for q in (self.images, self.texts)
+        }

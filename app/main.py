@@ -1,0 +1,122 @@
+"""Build the FastAPI app: `create_app(settings)`; all state is made in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.routes import router
+from app.download import ImageFetcher, make_session
+from app.engine import Engine
+from app.model import ClipEmbedder, Embedder, ModelLoadError
+from app.pipeline import EmbeddingPipeline
+from app.security import MemoryNonceStore, RequestVerifier
+from app.services import Services, Status
+from app.settings import Settings
+
+log = logging.getLogger("app")
+
+EmbedderFactory = Callable[[Settings], Embedder]
+
+
+def load_clip(settings: Settings) -> Embedder:
+    """Load the configured open_clip model and run its warm-up forward."""
+    embedder = ClipEmbedder(settings.clip_model, settings.clip_pretrained, settings.device)
+    embedder.warm_up()
+    return embedder
+
+
+def make_verifier(settings: Settings) -> RequestVerifier:
+    secret = settings.embedding_hmac_secret
+    keys = [k.strip() for k in secret.get_secret_value().split(",") if k.strip()] if secret else []
+    if settings.allow_insecure_auth:
+        log.warning("ALLOW_INSECURE_AUTH=1: requests are NOT authenticated (development only)")
+    return RequestVerifier(
+        keys,
+        max_skew_s=settings.auth_max_skew_s,
+        insecure=settings.allow_insecure_auth,
+        require_nonce=settings.require_nonce,
+        nonces=MemoryNonceStore(settings.nonce_cache_size),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    embedder_factory: EmbedderFactory = load_clip,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """Return the service app; `embedder_factory` is the model seam for tests and benchmarks."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
+        services = Services(settings=settings, verifier=make_verifier(settings))
+        session = make_session(settings.download_concurrency)
+        cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
+        fetcher = ImageFetcher(
+            session,
+            max_bytes=settings.max_image_size_bytes,
+            timeout_s=settings.image_download_timeout_s,
+            concurrency=settings.download_concurrency,
+        )
+
+        async def load() -> None:
+            try:
+                embedder = await asyncio.to_thread(embedder_factory, settings)
+            except ModelLoadError as exc:
+                _fail(services, str(exc), on_fatal)
+                return
+            except Exception as exc:
+                log.exception("model failed to load")
+                _fail(services, f"model failed to load: {type(exc).__name__}: {exc}", on_fatal)
+                return
+            max_batch = settings.engine_max_batch or (64 if embedder.info.device.startswith("cuda") else 32)
+            engine = Engine(embedder, max_batch=max_batch, max_wait_ms=settings.engine_max_wait_ms)
+            engine.start()
+            services.engine = engine
+            services.info = embedder.info
+            services.pipeline = EmbeddingPipeline(
+                fetcher,
+                embedder,
+                engine,
+                cpu_pool,
+                max_pixels=settings.max_image_pixels,
+                fast_decode=settings.fast_decode,
+            )
+            services.status, services.reason = Status.OK, None
+            log.info("model %s ready on %s (%s, dim %d)", embedder.info.model, embedder.info.device,
+                     embedder.info.dtype, embedder.info.dim)
+
+        loader = asyncio.create_task(load(), name="model-loader")
+        try:
+            yield {"services": services}
+        finally:
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
+            if services.engine is not None:
+                await services.engine.stop()
+            await session.close()
+            cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="CLIP embedding service",
+        version="1.0.0",
+        lifespan=lifespan,
+        description="Image and text embeddings from an open_clip model, with HMAC-signed requests.",
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def _fail(services: Services, reason: str, on_fatal: Callable[[str], None] | None) -> None:
+    log.error("start-up failed: %s", reason)
+    services.status, services.reason = Status.FAILED, reason
+    if on_fatal is not None:
+        on_fatal(reason)

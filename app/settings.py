@@ -1,0 +1,78 @@
+"""Service configuration, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; names are the environment variables, case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    # Authentication
+    embedding_hmac_secret: SecretStr | None = None
+    allow_insecure_auth: bool = False
+    auth_max_skew_s: int = Field(300, ge=1, le=86_400)
+    require_nonce: bool = False
+    nonce_cache_size: int = Field(100_000, ge=1)
+
+    # Requests and downloads
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_image_size_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    image_download_timeout_s: float = Field(30.0, gt=0, le=600)
+    download_concurrency: int = Field(8, ge=1, le=1024)
+    allow_private_urls: bool = False
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_text_chars: int = Field(10_000, ge=1)
+
+    # Model
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    device: str = "auto"
+
+    # Engine
+    engine_max_batch: int | None = Field(None, ge=1, le=4096)
+    engine_max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    cpu_workers: int | None = Field(None, ge=1, le=256)
+    fast_decode: bool = True
+
+    # Server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("embedding_hmac_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in {"auto", "cpu", "cuda"} and not value.startswith("cuda:"):
+            raise ValueError(f"DEVICE must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_is_configured(self) -> Settings:
+        if self.embedding_hmac_secret is None and not self.allow_insecure_auth:
+            raise ValueError(
+                "EMBEDDING_HMAC_SECRET is not set: set it to a long random string "
+                "(e.g. `openssl rand -hex 32`), or set ALLOW_INSECURE_AUTH=1 for local development only"
+            )
+        return self
+
+    @property
+    def random_weights(self) -> bool:
+        """Say whether the model runs with random weights (CLIP_PRETRAINED=none)."""
+        return self.clip_pretrained.strip().lower() in {"none", ""}
+
+    def resolved_cpu_workers(self) -> int:
+        """Threads for download, decode and preprocess: one per core, at least two."""
+        return self.cpu_workers or max(2, os.cpu_count() or 2)

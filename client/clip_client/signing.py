@@ -1,0 +1,93 @@
+"""The HMAC request-signing scheme, shared by the service and every client.
+
+Canonical message: ``METHOD|PATH|PAYLOAD_ID|TIMESTAMP`` (``|NONCE`` appended when a nonce is sent),
+signed with HMAC-SHA256 and sent as lowercase hex in ``X-Signature``. PAYLOAD_ID per endpoint:
+
+- ``/v1/embed/image``: the ``image_url`` exactly as sent;
+- ``/v1/embed/image-batch``: SHA-256 hex of the ``image_urls`` joined with ``\\n``;
+- ``/v1/embed/text``: SHA-256 hex of the UTF-8 text.
+
+The legacy serverless handler signs ``image_url|timestamp`` instead (:func:`legacy_message`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Sequence
+
+IMAGE_PATH = "/v1/embed/image"
+BATCH_PATH = "/v1/embed/image-batch"
+TEXT_PATH = "/v1/embed/text"
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_payload_id(image_url: str) -> str:
+    """Return the payload id of a single-image request: the URL itself."""
+    return image_url
+
+
+def batch_payload_id(image_urls: Sequence[str]) -> str:
+    """Return the payload id of a batch request: SHA-256 of the URLs joined by newlines."""
+    return _sha256_hex("\n".join(image_urls).encode("utf-8"))
+
+
+def text_payload_id(text: str) -> str:
+    """Return the payload id of a text request: SHA-256 of the UTF-8 text."""
+    return _sha256_hex(text.encode("utf-8"))
+
+
+def canonical_message(
+    method: str, path: str, payload_id: str, timestamp: int | str, nonce: str | None = None
+) -> str:
+    """Build the string that gets signed."""
+    parts = [method.upper(), path, payload_id, str(timestamp)]
+    if nonce is not None:
+        parts.append(nonce)
+    return "|".join(parts)
+
+
+def legacy_message(image_url: str, timestamp: int | str) -> str:
+    """Build the legacy serverless message ``image_url|timestamp``."""
+    return f"{image_url}|{timestamp}"
+
+
+def sign(secret: str | bytes, message: str) -> str:
+    """Return the lowercase hex HMAC-SHA256 of `message` keyed with `secret`."""
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def signature_matches(secret: str | bytes, message: str, signature: str) -> bool:
+    """Compare a received signature with the expected one in constant time."""
+    return hmac.compare_digest(sign(secret, message), signature.strip().lower())
+
+
+def new_nonce() -> str:
+    """Return a fresh URL-safe nonce (32 characters)."""
+    return secrets.token_urlsafe(24)
+
+
+def signed_headers(
+    secret: str | bytes,
+    method: str,
+    path: str,
+    payload_id: str,
+    *,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """Return the auth headers for one request, timestamped now unless told otherwise."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    headers = {
+        "X-Timestamp": str(ts),
+        "X-Signature": sign(secret, canonical_message(method, path, payload_id, ts, nonce)),
+    }
+    if nonce is not None:
+        headers["X-Nonce"] = nonce
+    return headers
