@@ -29,7 +29,6 @@ def main() -> int:
     def on_fatal(reason: str) -> None:
         nonlocal exit_code
         exit_code = 1
-        print(f"start-up failed: {reason}", file=sys.stderr)
         server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)

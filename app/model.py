@@ -94,7 +94,10 @@ def _resolve_pretrained(model_name: str, pretrained: str) -> str | None:
         return None
     if os.path.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")):
         if not os.path.isfile(value):
-            raise ModelLoadError(f"CLIP_PRETRAINED={value!r} looks like a path but no such file exists")
+            raise ModelLoadError(
+                f"CLIP_PRETRAINED={value!r} looks like a path but no such file exists; give an existing "
+                "local checkpoint file, a pretrained tag, or 'none' for random weights"
+            )
         return value
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if value not in tags:
@@ -115,7 +118,10 @@ class ClipEmbedder:
         started = time.perf_counter()
         _register_bundled_configs()
         if model_name not in open_clip.list_models():
-            raise ModelLoadError(f"CLIP_MODEL={model_name!r} is not an open_clip model or bundled config")
+            raise ModelLoadError(
+                f"CLIP_MODEL={model_name!r} is not an open_clip model or bundled config "
+                "(e.g. ViT-B-32, ViT-L-14, or clip-tiny for tests)"
+            )
         weights = _resolve_pretrained(model_name, pretrained)
         self.device = torch.device(resolve_device(device))
         precision = "fp16" if self.device.type == "cuda" else "fp32"
@@ -126,7 +132,7 @@ class ClipEmbedder:
         except Exception as exc:
             raise ModelLoadError(
                 f"could not load weights {pretrained!r} for {model_name} ({exc}); without network access "
-                "use CLIP_PRETRAINED=/path/to/checkpoint.pt (a local file), or 'none' for random weights"
+                "use CLIP_PRETRAINED=/path/to/checkpoint.pt (a local checkpoint file), or 'none' for random weights"
             ) from None
         self.model = model.eval()
         self._preprocess = preprocess

@@ -83,8 +83,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", query.get("claim", "1000"))
         self.send_header("Connection", "close")
         self.end_headers()
+        body = self.server.files.get(name, b"\0" * 10) * int(query.get("repeat", "1"))
+        claim = int(query.get("claim", "1000"))
         try:
-            self.wfile.write(self.server.files.get(name, b"\0" * 10) * int(query.get("repeat", "1")))
+            # The claimed bytes first, the surplus a moment later: the client sees a complete answer.
+            self.wfile.write(body[:claim])
+            self.wfile.flush()
+            time.sleep(0.3)
+            self.wfile.write(body[claim:])
         except OSError:
             pass
         self.close_connection = True
@@ -107,6 +113,9 @@ class ImageServer(ThreadingHTTPServer):
         self.requests: list[str] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hanging up on slow or oversized answers is the point of those routes
 
     def record(self, path: str) -> None:
         with self._lock:

@@ -1,0 +1,137 @@
+"""Cross-request batching, proven with a stand-in model whose cost is known."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from app.engine import Engine
+from app.errors import Unavailable
+from tests.conftest import tiny_settings
+from tests.support.api import call
+from tests.support.fake_model import FakeEmbedder
+from tests.support.service import run_service
+
+
+async def test_engine_batches_concurrent_submissions_and_returns_each_its_own():
+    model = FakeEmbedder(t0=0.05)
+    engine = Engine(model, max_batch=64, max_wait_ms=2)
+    engine.start()
+    try:
+        payloads = [torch.full((4, 4, 3), float(i)) for i in range(20)]
+        results = await asyncio.gather(*(engine.images.submit([p]) for p in payloads))
+    finally:
+        await engine.stop()
+    for payload, (vector,) in zip(payloads, results, strict=True):
+        np.testing.assert_allclose(vector, model._run([payload], [])[0])
+    assert sum(model.image_batches) == 20
+    assert len(model.image_batches) < 20
+    assert max(model.image_batches) > 1
+
+
+async def test_engine_never_exceeds_max_batch():
+    model = FakeEmbedder(t0=0.01)
+    engine = Engine(model, max_batch=4, max_wait_ms=0)
+    engine.start()
+    try:
+        await asyncio.gather(*(engine.images.submit([torch.zeros(4, 4, 3)] * 3) for _ in range(5)))
+    finally:
+        await engine.stop()
+    assert sum(model.image_batches) == 15
+    assert max(model.image_batches) == 4
+
+
+async def test_engine_first_batch_waits_then_queue_forms_one_large_batch():
+    gate = threading.Event()
+    model = FakeEmbedder(gate=gate)
+    engine = Engine(model, max_batch=64, max_wait_ms=0)
+    engine.start()
+    try:
+        first = asyncio.create_task(engine.images.submit([torch.zeros(4, 4, 3)]))
+        await asyncio.to_thread(model.running.wait, 5)
+        # While the first batch runs, ten requests arrive; they must share the next forward pass.
+        rest = [asyncio.create_task(engine.images.submit([torch.ones(4, 4, 3)])) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, *rest)
+    finally:
+        await engine.stop()
+    assert model.image_batches == [1, 10]
+
+
+async def test_engine_model_error_fails_only_that_batch():
+    class Broken(FakeEmbedder):
+        def encode_texts(self, tokens):
+            raise RuntimeError("boom")
+
+    model = Broken()
+    engine = Engine(model, max_batch=8, max_wait_ms=0)
+    engine.start()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            await engine.texts.submit([torch.zeros(8)])
+        (vector,) = await engine.images.submit([torch.zeros(4, 4, 3)])
+    finally:
+        await engine.stop()
+    assert vector.shape == (8,)
+    assert engine.alive is False
+
+
+async def test_engine_refuses_work_when_stopped():
+    engine = Engine(FakeEmbedder(), max_batch=8, max_wait_ms=0)
+    with pytest.raises(Unavailable):
+        await engine.images.submit([torch.zeros(4, 4, 3)])
+
+
+def test_concurrent_http_requests_reach_model_as_fewer_batches(image_server):
+    model = FakeEmbedder(t0=0.2)
+    with run_service(tiny_settings(), embedder_factory=lambda s: model) as svc:
+        urls = [image_server.url(f"img/photo{i % 6}.jpg") for i in range(12)]
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda u: call(svc.base, "/v1/embed/image", {"image_url": u}), urls))
+        _, health, _ = call(svc.base, "/health")
+    assert all(status == 200 for status, _, _ in answers)
+    assert sum(model.image_batches) == 12
+    assert len(model.image_batches) < 12
+    assert health["engine"]["images"]["items"] == 12
+    assert health["engine"]["images"]["batches"] == len(model.image_batches)
+
+
+def test_health_answers_while_a_batch_is_computed(image_server):
+    gate = threading.Event()
+    model = FakeEmbedder(gate=gate)
+    with run_service(tiny_settings(), embedder_factory=lambda s: model) as svc:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(call, svc.base, "/v1/embed/image", {"image_url": image_server.url("img/photo0.jpg")})
+            assert model.running.wait(10)
+            status, body, _ = call(svc.base, "/health", timeout=2)
+            batch_still_running = not pending.done()
+            gate.set()
+            assert pending.result()[0] == 200
+    assert status == 200 and batch_still_running
+
+
+def test_health_is_503_loading_until_model_is_ready():
+    release = threading.Event()
+
+    def slow_factory(settings):
+        release.wait(30)
+        return FakeEmbedder()
+
+    with run_service(tiny_settings(), embedder_factory=slow_factory, wait_ready=False) as svc:
+        status, body, _ = call(svc.base, "/health")
+        text_status, text_body, _ = call(svc.base, "/v1/embed/text", {"text": "hi"})
+        release.set()
+        from tests.support.service import wait_healthy
+        import time
+
+        wait_healthy(svc.base, time.monotonic() + 10)
+        ready_status, _, _ = call(svc.base, "/health")
+    assert (status, body["status"]) == (503, "loading")
+    assert (text_status, text_body["error"]["code"]) == (503, "unavailable")
+    assert ready_status == 200

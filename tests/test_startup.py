@@ -1,0 +1,53 @@
+"""Start-up as an operator runs it: `python -m app` with a model that cannot load."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "expected"),
+    [
+        ("ViT-B-32", "laion2b_s34b_b79k", "could not load weights 'laion2b_s34b_b79k'"),
+        ("ViT-B-32", "no_such_tag", "is not a pretrained tag of ViT-B-32"),
+        ("clip-tiny", "/nonexistent/weights.pt", "no such file exists"),
+        ("no-such-model", "none", "is not an open_clip model"),
+    ],
+)
+def test_server_exits_with_clear_message_when_model_cannot_load(model, pretrained, expected):
+    env = os.environ | {
+        "EMBEDDING_HMAC_SECRET": "s",
+        "CLIP_MODEL": model,
+        "CLIP_PRETRAINED": pretrained,
+        "DEVICE": "cpu",
+        "HOST": "127.0.0.1",
+        "PORT": str(_free_port()),
+        "HF_HUB_OFFLINE": "1",  # what a machine without network sees, without waiting for retries
+    }
+    proc = subprocess.run([sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert expected in proc.stderr
+    assert "local checkpoint" in proc.stderr or "open_clip model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [("DEVICE", "tpu", "DEVICE must be auto, cpu, cuda"), ("MAX_BATCH_SIZE", "0", "max_batch_size")],
+)
+def test_server_refuses_bad_setting_with_message(name, value, expected):
+    env = os.environ | {"EMBEDDING_HMAC_SECRET": "s", name: value}
+    proc = subprocess.run([sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
