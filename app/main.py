@@ -14,7 +14,7 @@ from app.api.errors import install_error_handlers
 from app.api.routes import router
 from app.download import ImageFetcher, make_session
 from app.engine import Engine
-from app.model import ClipEmbedder, Embedder, ModelLoadError
+from app.model import ClipEmbedder, Embedder, ModelLoadError, resolve_device
 from app.pipeline import EmbeddingPipeline
 from app.security import MemoryNonceStore, RequestVerifier
 from app.services import Services, Status
@@ -27,7 +27,15 @@ EmbedderFactory = Callable[[Settings], Embedder]
 
 def load_clip(settings: Settings) -> Embedder:
     """Load the configured open_clip model and run its warm-up forward."""
-    embedder = ClipEmbedder(settings.clip_model, settings.clip_pretrained, settings.device)
+    device = resolve_device(settings.device)
+    embedder = ClipEmbedder(
+        settings.clip_model,
+        settings.clip_pretrained,
+        device,
+        precision=settings.model_dtype,
+        buckets=settings.compile_buckets(device),
+        compile=settings.engine_compile,
+    )
     embedder.warm_up()
     return embedder
 
@@ -76,7 +84,7 @@ def create_app(
                 log.exception("model failed to load")
                 _fail(services, f"model failed to load: {type(exc).__name__}: {exc}", on_fatal)
                 return
-            max_batch = settings.engine_max_batch or (64 if embedder.info.device.startswith("cuda") else 32)
+            max_batch = settings.resolved_engine_max_batch(embedder.info.device)
             engine = Engine(embedder, max_batch=max_batch, max_wait_ms=settings.engine_max_wait_ms)
             engine.start()
             services.engine = engine

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from app.text_tower import TextTower
+
 log = logging.getLogger("app.model")
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -112,7 +114,16 @@ def _resolve_pretrained(model_name: str, pretrained: str) -> str | None:
 class ClipEmbedder:
     """An open_clip model in eval mode, fp16 on CUDA and fp32 on CPU."""
 
-    def __init__(self, model_name: str, pretrained: str, device: str) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str,
+        device: str,
+        *,
+        precision: str = "auto",
+        buckets: tuple[int, ...] = (),
+        compile: bool = False,
+    ) -> None:
         import open_clip
 
         started = time.perf_counter()
@@ -124,7 +135,8 @@ class ClipEmbedder:
             )
         weights = _resolve_pretrained(model_name, pretrained)
         self.device = torch.device(resolve_device(device))
-        precision = "fp16" if self.device.type == "cuda" else "fp32"
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=weights, device=self.device, precision=precision
@@ -137,7 +149,13 @@ class ClipEmbedder:
         self.model = model.eval()
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model_name)
-        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        self._encode_image = model.encode_image
+        # Compiled graphs want fixed shapes: batches are padded up to the next bucket.
+        self._buckets = tuple(sorted(buckets))
+        if compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._encode_image = torch.compile(model.encode_image, mode=mode, dynamic=False)
         self._text = TextTower(model)
         self._staging: torch.Tensor | None = None
         with torch.inference_mode():
@@ -164,14 +182,22 @@ class ClipEmbedder:
     def tokenize(self, text: str) -> torch.Tensor:
         return self._tokenizer([text])[0]
 
+    def padded_size(self, n: int) -> int:
+        """Return the batch size actually run for n items (the next bucket when compiled)."""
+        return next((b for b in self._buckets if b >= n), n)
+
     def encode_images(self, pixels: list[torch.Tensor]) -> np.ndarray:
+        n = len(pixels)
+        padded = self.padded_size(n)
+        if padded > n:
+            pixels = pixels + [torch.zeros_like(pixels[0])] * (padded - n)
         if self.device.type == "cuda":
             batch = self._stage(pixels).to(self.device, non_blocking=True)
         else:
             batch = torch.stack(pixels)
         with torch.inference_mode():
-            features = self.model.encode_image(batch.to(self._dtype))
-            return _normalised(features)
+            features = self._encode_image(batch.to(self._dtype))
+            return _normalised(features[:n])
 
     def _stage(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         """Stack into one reusable pinned buffer; safe because results are read back before reuse."""
@@ -186,58 +212,12 @@ class ClipEmbedder:
             return _normalised(self._text(batch))
 
     def warm_up(self) -> None:
-        """Run one image and one text forward so the first request pays no one-off costs."""
+        """Run one forward per image bucket and a text one, so no request pays one-off costs."""
         h, w = self._image_hw()
-        self.encode_images([torch.zeros(3, h, w)])
+        for size in self._buckets or (1,):
+            self.encode_images([torch.zeros(3, h, w)] * size)
         self.encode_texts([self.tokenize("warm-up")])
 
 
 def _normalised(features: torch.Tensor) -> np.ndarray:
     return F.normalize(features.float(), dim=-1).cpu().numpy()
-
-
-class TextTower:
-    """open_clip's encode_text, run only over the positions that hold tokens.
-
-    With a causal mask, position i attends to positions <= i only, and end-of-text pooling reads
-    one position at or before the last token; positions after the longest sequence in a batch
-    cannot change any pooled vector, so they are skipped. Other text towers use encode_text as is.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self._model = model
-        self._truncate = (
-            getattr(model, "attn_mask", None) is not None
-            and getattr(model, "text_pool_type", None) in ("argmax", "eos")
-            and hasattr(model, "token_embedding")
-            and hasattr(model, "positional_embedding")
-        )
-
-    @property
-    def truncates(self) -> bool:
-        """Say whether the padding-free path is in use for this model."""
-        return self._truncate
-
-    def __call__(self, text: torch.Tensor) -> torch.Tensor:
-        m = self._model
-        if not self._truncate:
-            return m.encode_text(text)
-        # Pad id is 0, but so is a real token ("!"): use the last non-pad position, not a count.
-        positions = torch.arange(1, text.shape[1] + 1, device=text.device)
-        length = int(((text != 0) * positions).max().item()) or 1
-        text = text[:, :length]
-        cast_dtype = m.transformer.get_cast_dtype()
-        x = m.token_embedding(text).to(cast_dtype)
-        x = x + m.positional_embedding[:length].to(cast_dtype)
-        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
-        x = m.ln_final(x)
-        x = _pool(x, text, m.text_pool_type, getattr(m, "text_eos_id", None))
-        if m.text_projection is not None:
-            x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
-        return x
-
-
-def _pool(x: torch.Tensor, text: torch.Tensor, pool_type: str, eos_id: int | None) -> torch.Tensor:
-    from open_clip.transformer import text_global_pool
-
-    return text_global_pool(x, text, pool_type, eos_token_id=eos_id)

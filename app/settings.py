@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     engine_max_wait_ms: float = Field(2.0, ge=0, le=1000)
     cpu_workers: int | None = Field(None, ge=1, le=256)
     fast_decode: bool = True
+    model_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    engine_compile: bool = False
 
     # Server
     host: str = "0.0.0.0"
@@ -72,6 +74,17 @@ class Settings(BaseSettings):
     def random_weights(self) -> bool:
         """Say whether the model runs with random weights (CLIP_PRETRAINED=none)."""
         return self.clip_pretrained.strip().lower() in {"none", ""}
+
+    def resolved_engine_max_batch(self, device: str) -> int:
+        """Items per forward pass: ENGINE_MAX_BATCH, else 64 on CUDA and 32 on CPU."""
+        return self.engine_max_batch or (64 if device.startswith("cuda") else 32)
+
+    def compile_buckets(self, device: str) -> tuple[int, ...]:
+        """Batch sizes to compile for (ENGINE_COMPILE=1): powers of two up to the engine's max batch."""
+        if not self.engine_compile:
+            return ()
+        top = self.resolved_engine_max_batch(device)
+        return tuple(sorted({b for b in (1, 8, 16, 32, 64, 128, 256, 512) if b < top} | {top}))
 
     def resolved_cpu_workers(self) -> int:
         """Threads for download, decode and preprocess: one per core, at least two."""

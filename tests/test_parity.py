@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.model import CONFIG_DIR, ClipEmbedder, TextTower
+from app.model import CONFIG_DIR, ClipEmbedder
+from app.text_tower import TextTower
 from tests.conftest import jpeg_bytes, tiny_settings
 from tests.support.api import call
 from tests.support.service import run_service
@@ -119,3 +120,20 @@ def test_fast_decode_stays_close_to_full_decode(reference, checkpoint):
     full = embedder.encode_images([embedder.preprocess(decode_image(data, max_pixels=10**8))])[0]
     fast = embedder.encode_images([embedder.preprocess(decode_image(data, max_pixels=10**8, draft_size=64))])[0]
     assert float(np.dot(full, fast)) >= 0.99
+
+
+def test_bucketed_batches_give_the_same_vectors(checkpoint):
+    padded = ClipEmbedder("clip-tiny", checkpoint, "cpu", buckets=(4, 8))
+    plain = ClipEmbedder("clip-tiny", checkpoint, "cpu")
+    pixels = [torch.randn(3, 64, 64) for _ in range(3)]
+    assert [padded.padded_size(n) for n in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 9]
+    np.testing.assert_allclose(padded.encode_images(pixels), plain.encode_images(pixels), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("compile", "device", "max_batch", "expected"),
+    [(False, "cuda", None, ()), (True, "cuda", None, (1, 8, 16, 32, 64)), (True, "cpu", 20, (1, 8, 16, 20))],
+)
+def test_settings_compile_buckets(compile, device, max_batch, expected):
+    settings = tiny_settings(engine_compile=compile, engine_max_batch=max_batch)
+    assert settings.compile_buckets(device) == expected

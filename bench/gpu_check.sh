@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU check for a session lent the H200 device machine (torch is there; the rest travels as wheels).
+#
+# Here (once):   bench/gpu_wheels.sh          # downloads the missing wheels into .whl/ (git-ignored)
+# Device tool:   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#
+# Prints: pure encode_image images/s at batch 64/256 in fp16 and bf16 (eager, then compiled),
+# text/s, and end-to-end images/s through the real server with 1 MP JPEGs from a local static
+# server, plus the idle single-image p50. Bounded to about 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD:$PWD/client
+else
+  export PYTHONPATH=$PWD:$PWD/client
+fi
+PY=python3
+# Overridable only to dry-run the script on a CPU machine (e.g. GPU_CHECK_DEVICE=cpu GPU_CHECK_MODEL=clip-tiny).
+DEV=${GPU_CHECK_DEVICE:-cuda}
+MODEL=${GPU_CHECK_MODEL:-ViT-B-32}
+DUR=${GPU_CHECK_SECONDS:-30}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+
+echo "== pure forward ($MODEL, random weights, $DEV)"
+timeout 90 $PY -m bench.limit --device $DEV --model $MODEL --dtype fp16 --batches 64,256 --seconds 3 --photos /nonexistent
+timeout 60 $PY -m bench.limit --device $DEV --model $MODEL --dtype bf16 --batches 64,256 --seconds 3 --photos /nonexistent --no-text
+timeout 180 $PY -m bench.limit --device $DEV --model $MODEL --dtype fp16 --batches 64,256 --seconds 3 --photos /nonexistent --no-text --compile \
+  || echo "compiled run failed or timed out"
+
+echo "== end to end through the server"
+PHOTOS=$(mktemp -d)
+$PY - "$PHOTOS" <<'PYEOF'
+import sys, numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for i in range(16):
+    small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((1280, 960), Image.BICUBIC)
+    noise = rng.integers(-12, 12, (960, 1280, 3))
+    img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
+    img.save(f"{sys.argv[1]}/photo{i:02d}-1mp.jpg", quality=90)
+PYEOF
+export EMBEDDING_HMAC_SECRET=$(python3 -c "import secrets; print(secrets.token_hex(16))")
+export CLIP_MODEL=$MODEL CLIP_PRETRAINED=none DEVICE=$DEV ALLOW_PRIVATE_URLS=1 HOST=127.0.0.1 PORT=8765
+export ENGINE_MAX_BATCH=256 CPU_WORKERS=12 DOWNLOAD_CONCURRENCY=128 MAX_BATCH_SIZE=64 LOG_LEVEL=warning
+$PY -m app & SERVER=$!
+for _ in $(seq 120); do curl -sf http://127.0.0.1:8765/health >/dev/null && break; sleep 1; done
+curl -s http://127.0.0.1:8765/health; echo
+timeout 60 $PY -m bench.load --server http://127.0.0.1:8765 --photos "$PHOTOS" --glob '*-1mp.jpg' --static-servers 4 -c 32 -b 32 --duration $DUR
+timeout 40 $PY -m bench.load --server http://127.0.0.1:8765 --photos "$PHOTOS" --glob '*-1mp.jpg' -c 1 -b 1 --duration $((DUR / 2))
+timeout 40 $PY -m bench.load --server http://127.0.0.1:8765 --kind text -c 64 -b 1 --duration $((DUR / 2))
+curl -s http://127.0.0.1:8765/health; echo
+kill $SERVER; wait $SERVER 2>/dev/null

@@ -1,0 +1,149 @@
+"""Run the compute limit and the load scenarios in one go and print the ratios (bench/run.sh).
+
+Starts `python -m app` (ViT-B-32, random weights, private URLs allowed) on a free port, measures
+bench.limit while the server idles, then each load scenario of bench.load against it, and prints a
+markdown table of figures and ratios to the limit measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _json_of(cmd: list[str], env: dict[str, str]) -> dict:
+    out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per load scenario")
+    parser.add_argument("--limit-seconds", type=float, default=10.0)
+    parser.add_argument("--rss-minutes", type=float, default=0.0, help="also run C=16 this long and compare RSS")
+    parser.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "photos"))
+    parser.add_argument("--engine-max-batch", default="")
+    args = parser.parse_args()
+
+    secret = secrets.token_hex(16)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "EMBEDDING_HMAC_SECRET": secret,
+        "CLIP_MODEL": args.model,
+        "CLIP_PRETRAINED": "none",
+        "DEVICE": args.device,
+        "ALLOW_PRIVATE_URLS": "1",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
+        "PYTHONPATH": f"{ROOT}:{os.path.join(ROOT, 'client')}",
+    }
+    if args.engine_max_batch:
+        env["ENGINE_MAX_BATCH"] = args.engine_max_batch
+    py = sys.executable
+    limit = _json_of(
+        [py, "-m", "bench.limit", "--json", "--model", args.model, "--device", args.device,
+         "--seconds", str(args.limit_seconds), "--photos", args.photos],
+        env,
+    )
+    server = subprocess.Popen([py, "-m", "app"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("server did not become healthy")
+                time.sleep(0.5)
+
+        def load(kind: str, c: int, b: int, duration: float) -> dict:
+            return _json_of(
+                [py, "-m", "bench.load", "--json", "--server", base, "--kind", kind, "-c", str(c), "-b", str(b),
+                 "--duration", str(duration), "--photos", args.photos],
+                env,
+            )
+
+        results = {
+            "c16_b1": load("image", 16, 1, args.duration),
+            "c4_b16": load("image", 4, 16, args.duration),
+            "c16_text": load("text", 16, 1, args.duration),
+            "c1_b1": load("image", 1, 1, args.duration),
+        }
+        rss = None
+        if args.rss_minutes > 0:
+            first = load("image", 16, 1, 60)
+            rss_first = _rss_mb(server.pid)
+            rest = load("image", 16, 1, max(1.0, args.rss_minutes * 60 - 60))
+            rss = (rss_first, _rss_mb(server.pid), first, rest)
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    img64 = limit["image_b64_per_s"]
+    txt = limit["text_truncated_b64_per_s"]
+    dec = limit.get("decode_ms_per_image_one_core", {})
+    idle_budget = dec.get("1mp", {}).get("reduced", 0) + 1000 / limit["image_b1_per_s"]
+    rows = [
+        ("limit: encode_image batch 64", f"{img64:.1f} img/s", "", ""),
+        ("limit: encode_image batch 1", f"{limit['image_b1_per_s']:.1f} img/s", f"{limit['image_b1_per_s'] / img64:.2f}", ""),
+        ("limit: text 77-token batch 64", f"{limit['text_full77_b64_per_s']:.1f} txt/s", "", ""),
+        ("limit: text padding-free batch 64", f"{txt:.1f} txt/s", f"{limit['text_speedup']:.2f}× the 77-token forward", "≥ 4×"),
+    ]
+    for name, key, ref, target in [
+        ("C=16 × B=1 image", "c16_b1", img64, "≥ 0.85"),
+        ("C=4 × B=16 images", "c4_b16", img64, "≥ 0.90"),
+        ("C=16 × 1 caption", "c16_text", txt, "≥ 0.85"),
+    ]:
+        r = results[key]
+        rows.append((name, f"{r['items_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {sum(r['errors'].values())}",
+                     f"{r['items_per_s'] / ref:.2f} of limit", target))
+    r = results["c1_b1"]
+    rows.append(("C=1 × 1 image (idle) p50", f"{r['p50_ms']:.0f} ms", f"{r['p50_ms'] - idle_budget:+.0f} ms vs decode+batch-1 forward ({idle_budget:.0f} ms)", "≤ +15 ms"))
+    for size in ("native", "1mp", "2mp", "12mp"):
+        if size in dec:
+            d = dec[size]
+            target = "≥ 3×" if size == "12mp" else ""
+            rows.append((f"decode+preprocess {size}", f"{d['full']:.1f} → {d['reduced']:.1f} ms/img/core", f"{d['full'] / d['reduced']:.1f}× faster", target))
+    if rss:
+        rows.append(("RSS after 1 min → end of C=16 run", f"{rss[0]:.0f} → {rss[1]:.0f} MB", f"{(rss[1] / rss[0] - 1) * 100:+.1f}%", "within ±10%"))
+
+    print(f"\nmodel {args.model} (random weights) on {limit['device']}, torch threads {limit['torch_threads']}, "
+          f"{os.cpu_count()} cores, {args.duration:.0f} s per scenario\n")
+    print("| measure | figure | ratio | target |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print("\nraw:", json.dumps({"limit": limit, "load": results}))
+
+
+if __name__ == "__main__":
+    main()
