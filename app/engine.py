@@ -17,6 +17,8 @@ from app.model import Embedder
 
 log = logging.getLogger("app.engine")
 
+# However items keep trickling in, a batch waits at most this many times ENGINE_MAX_WAIT_MS in all.
+GATHER_CAP_FACTOR = 8
 RunBatch = Callable[[list[torch.Tensor]], np.ndarray]
 
 
@@ -89,17 +91,18 @@ class BatchQueue:
 
     async def _gather(self) -> list[_Item]:
         batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self._max_wait_s
+        cap = time.perf_counter() + self._max_wait_s * GATHER_CAP_FACTOR
         while len(batch) < self._max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
-            # Wait briefly only when the queue ran dry: a full batch is never held back.
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            # The queue ran dry: wait briefly for the next item (a full batch is never held back).
+            # Each arrival re-arms the wait, so a burst of requests lands in one batch, up to a cap.
+            budget = min(self._max_wait_s, cap - time.perf_counter())
+            if budget <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(self._queue.get(), budget))
             except TimeoutError:
                 break
         return [item for item in batch if not item.future.done()]

@@ -135,3 +135,18 @@ def test_health_is_503_loading_until_model_is_ready():
     assert (status, body["status"]) == (503, "loading")
     assert (text_status, text_body["error"]["code"]) == (503, "unavailable")
     assert ready_status == 200
+
+
+async def test_engine_gathers_items_that_trickle_in_within_the_wait():
+    model = FakeEmbedder()
+    engine = Engine(model, max_batch=64, max_wait_ms=300)
+    engine.start()
+    try:
+        tasks = []
+        for _ in range(5):
+            tasks.append(asyncio.create_task(engine.texts.submit([torch.zeros(8)])))
+            await asyncio.sleep(0.02)  # each gap is far below the wait; their sum is not
+        await asyncio.gather(*tasks)
+    finally:
+        await engine.stop()
+    assert model.text_batches == [5]
