@@ -139,13 +139,13 @@ def test_health_is_503_loading_until_model_is_ready():
 
 async def test_engine_gathers_items_that_trickle_in_within_the_wait():
     model = FakeEmbedder()
-    engine = Engine(model, max_batch=64, max_wait_ms=300)
+    engine = Engine(model, max_batch=64, max_wait_ms=100)
     engine.start()
     try:
         tasks = []
         for _ in range(5):
             tasks.append(asyncio.create_task(engine.texts.submit([torch.zeros(8)])))
-            await asyncio.sleep(0.02)  # each gap is far below the wait; their sum is not
+            await asyncio.sleep(0.04)  # each gap is below the wait; their sum (160 ms) is not
         await asyncio.gather(*tasks)
     finally:
         await engine.stop()
