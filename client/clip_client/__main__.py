@@ -1,0 +1,64 @@
+"""Operator's command line: `python -m clip_client health|image URL|images URL...|text "..."`.
+
+Prints one JSON document on stdout. Exit status: 0 success; 1 the request (or any image of
+`images`) failed, with `{"error": {"code", "message"}}` printed; 2 bad usage or configuration.
+Backend and credentials come from the environment (see `clip_client.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from clip_client.errors import ClipClientError, ClipConfigError
+from clip_client.factory import ClipClient, make_clip_client
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m clip_client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log retries to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("health", help="show the service's /health")
+    commands.add_parser("image", help="embed one image").add_argument("url")
+    commands.add_parser("images", help="embed many images (batched)").add_argument("urls", nargs="+")
+    commands.add_parser("text", help="embed one text").add_argument("text")
+    return parser
+
+
+async def _run(client: ClipClient, args: argparse.Namespace) -> tuple[dict[str, object], int]:
+    async with client:
+        if args.command == "health":
+            return await client.health(), EXIT_OK
+        if args.command == "image":
+            vector = await client.embed_image(args.url)
+            return {"embedding": vector, "dim": len(vector)}, EXIT_OK
+        if args.command == "text":
+            vector = await client.embed_text(args.text)
+            return {"embedding": vector, "dim": len(vector)}, EXIT_OK
+        results = await client.embed_images(args.urls)
+        failed = sum(1 for r in results if not r.ok)
+        document = {"results": [r.to_dict() for r in results], "succeeded": len(results) - failed, "failed": failed}
+        return document, EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        client = make_clip_client()
+        document, status = asyncio.run(_run(client, args))
+    except ClipClientError as exc:
+        document = {"error": {"code": exc.code, "message": exc.message}}
+        status = EXIT_USAGE if isinstance(exc, ClipConfigError) else EXIT_FAILED
+    print(json.dumps(document))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Pick the backend from configuration: the switch (and rollback) between pod and serverless."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol, Self
+
+from clip_client.config import ClientConfig
+from clip_client.pod import ClipPodClient
+from clip_client.results import ImageResult
+from clip_client.retry import RetryPolicy
+from clip_client.serverless import RunPodServerlessClipClient
+
+
+class ClipClient(Protocol):
+    """What both backends offer (the serverless one raises ClipNotSupportedError for health and text)."""
+
+    backend: str
+
+    async def health(self) -> dict[str, object]: ...
+
+    async def embed_image(self, url: str) -> list[float]: ...
+
+    async def embed_images(self, urls: list[str]) -> list[ImageResult]: ...
+
+    async def embed_text(self, text: str) -> list[float]: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None: ...
+
+
+def make_clip_client(config: ClientConfig | None = None, *, retry: RetryPolicy | None = None) -> ClipClient:
+    """Return the client of the configured backend (`ClientConfig.from_env()` when not given)."""
+    config = config or ClientConfig.from_env()
+    if config.backend == "runpod_serverless":
+        config.require("runpod_endpoint_url", "runpod_api_key", "hmac_secret")
+        return RunPodServerlessClipClient(
+            config.runpod_endpoint_url or "",
+            config.runpod_api_key or "",
+            config.hmac_secret or "",
+            timeout_s=config.serverless_timeout_s,
+            retry=retry,
+        )
+    config.require("pod_base_url", "hmac_secret")
+    return ClipPodClient(config.pod_base_url or "", config.hmac_secret or "", timeout_s=config.pod_timeout_s, retry=retry)

@@ -1,0 +1,139 @@
+"""The pod backend: the always-on HTTP service (`/health`, `/v1/embed/*`), HMAC-signed requests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+import aiohttp
+
+from clip_client import signing
+from clip_client._tasks import bounded_map
+from clip_client.config import first_secret
+from clip_client.errors import ClipConfigError, ClipServerError
+from clip_client.results import ImageResult, ItemError
+from clip_client.retry import RetryPolicy
+from clip_client.transport import Transport
+
+
+def _vector(body: object, where: str) -> list[float]:
+    vector = body.get("embedding") if isinstance(body, dict) else None
+    if not isinstance(vector, list) or not vector:
+        raise ClipServerError(f"{where}: the answer has no embedding")
+    return vector
+
+
+class ClipPodClient:
+    """Async client of the pod service; one aiohttp session for its lifetime (`async with` or `aclose()`)."""
+
+    backend = "runpod_pod"
+
+    def __init__(
+        self,
+        base_url: str,
+        secret: str,
+        *,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 4,
+        batch_size: int | None = None,
+        clock: Callable[[], float] = time.time,
+        trace_configs: list[aiohttp.TraceConfig] | None = None,
+    ) -> None:
+        key = first_secret(secret)
+        if not key:
+            raise ClipConfigError("EMBEDDING_HMAC_SECRET is empty: the pod refuses unsigned requests")
+        if not base_url.startswith(("http://", "https://")):
+            raise ClipConfigError(f"base URL {base_url!r} must start with http:// or https://")
+        if max_concurrency < 1 or (batch_size is not None and batch_size < 1):
+            raise ValueError("max_concurrency and batch_size must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self._secret = key
+        self._max_concurrency = max_concurrency
+        self._batch_size = batch_size
+        self._clock = clock
+        self._transport = Transport(timeout_s, retry or RetryPolicy(), trace_configs=trace_configs)
+
+    async def __aenter__(self) -> ClipPodClient:
+        return self
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        await self._transport.aclose()
+
+    async def health(self) -> dict[str, object]:
+        """Return the service's `/health` body; raise ClipUnavailableError while it is not ready."""
+        body = (await self._transport.request("GET", f"{self.base_url}/health")).json_or_raise()
+        if not isinstance(body, dict):
+            raise ClipServerError("/health: the answer is not a JSON object")
+        return body
+
+    async def embed_image(self, url: str) -> list[float]:
+        """Return the embedding of the image at `url`."""
+        body = await self._post(signing.IMAGE_PATH, {"image_url": url}, signing.image_payload_id(url))
+        return _vector(body, signing.IMAGE_PATH)
+
+    async def embed_text(self, text: str) -> list[float]:
+        """Return the embedding of `text`."""
+        body = await self._post(signing.TEXT_PATH, {"text": text}, signing.text_payload_id(text))
+        return _vector(body, signing.TEXT_PATH)
+
+    async def embed_images(self, urls: Sequence[str]) -> list[ImageResult]:
+        """Embed any number of images: chunks of the server's `max_batch_size`, sent concurrently.
+
+        Returns one result per URL in input order; a refused image is a failed result, while a
+        chunk that fails as a whole (auth, unavailable after retries...) raises.
+        """
+        urls = list(urls)
+        if not urls:
+            return []
+        size = await self.max_batch_size()
+        chunks = [urls[i : i + size] for i in range(0, len(urls), size)]
+        outcomes = await bounded_map(self._embed_chunk, chunks, self._max_concurrency)
+        return [result for chunk in outcomes for result in chunk]
+
+    async def max_batch_size(self) -> int:
+        """Return the chunk size: given at construction, or asked from `/health` once and kept."""
+        if self._batch_size is None:
+            size = (await self.health()).get("max_batch_size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ClipServerError(f"/health: max_batch_size is {size!r}, not a positive integer")
+            self._batch_size = size
+        return self._batch_size
+
+    async def _embed_chunk(self, urls: list[str]) -> list[ImageResult]:
+        body = await self._post(signing.BATCH_PATH, {"image_urls": urls}, signing.batch_payload_id(urls))
+        items = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) != len(urls):
+            raise ClipServerError(f"{signing.BATCH_PATH}: expected {len(urls)} results")
+        results: list[ImageResult | None] = [None] * len(urls)
+        for position, item in enumerate(items):
+            index = item.get("index", position) if isinstance(item, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(urls) or results[index] is not None:
+                raise ClipServerError(f"{signing.BATCH_PATH}: result {position} has a bad index")
+            error = item.get("error")
+            if error:
+                code = str(error.get("code", "")) if isinstance(error, dict) else ""
+                message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+                results[index] = ImageResult(urls[index], error=ItemError(code or "unknown", message))
+            else:
+                results[index] = ImageResult(urls[index], embedding=_vector(item, signing.BATCH_PATH))
+        return results  # type: ignore[return-value]  # every slot was filled above
+
+    async def _post(self, path: str, body: dict[str, object], payload_id: str) -> object:
+        def headers() -> dict[str, str]:
+            # A fresh timestamp and nonce per attempt: a retry is never a replay.
+            return signing.signed_headers(
+                self._secret, "POST", path, payload_id, timestamp=int(self._clock()), nonce=signing.new_nonce()
+            )
+
+        answer = await self._transport.request("POST", self.base_url + path, body=body, headers=headers)
+        return answer.json_or_raise()
+
+
+# The devlog's name for the same class.
+RunPodPodClipClient = ClipPodClient
