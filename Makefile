@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test smoke bench docker-build clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt client/pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt constraints.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-handler.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e ./client
 	touch $(STAMP)
 
