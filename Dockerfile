@@ -34,10 +34,11 @@ RUN pip install --no-deps ./client
 COPY app/ app/
 COPY handler.py ./
 
-# Fetch the weights at build time so a cold start does not download them.
-RUN python -c "import open_clip, sys; sys.path.insert(0, '/srv'); \
-from app.model import CONFIG_DIR; open_clip.add_model_config(CONFIG_DIR); \
-open_clip.create_model_and_transforms('${CLIP_MODEL}', pretrained='${CLIP_PRETRAINED}')" \
+# Fetch the weights at build time (the service's own loader, warm-up included) so a cold start
+# downloads nothing.
+RUN ALLOW_INSECURE_AUTH=1 DEVICE=cpu python -c \
+    "from app.legacy import load_embedder; from app.settings import Settings; load_embedder(Settings())" \
+    && mkdir -p /opt/hf-cache \
     && useradd --system --uid 10001 --home-dir /srv --shell /usr/sbin/nologin clip \
     && chmod -R a+rX /opt/hf-cache /srv
 ENV HF_HUB_OFFLINE=1
