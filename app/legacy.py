@@ -82,7 +82,8 @@ class LegacyHandler:
             raise InvalidRequest("input.image_url must be a non-empty string")
         if self._settings.allow_insecure_auth:
             return image_url
-        if isinstance(timestamp, bool) or not isinstance(timestamp, int | str) or not _TIMESTAMP_RE.match(str(timestamp)):
+        well_formed = isinstance(timestamp, int | str) and not isinstance(timestamp, bool)
+        if not well_formed or not _TIMESTAMP_RE.match(str(timestamp)):
             raise Unauthorized(_UNAUTHORIZED)
         if abs(int(self._clock()) - int(timestamp)) > self._settings.auth_max_skew_s:
             raise Unauthorized(_UNAUTHORIZED)

@@ -88,7 +88,11 @@ async def test_client_image_host_failure_not_retried(service, image_server):
     assert len(sent.requests) == 1 and sleeps.delays == []
 
 
-FAILURES = {7: ("img/missing.jpg", "download_failed"), 20: ("img/page.html", "invalid_image"), 39: (None, "invalid_url")}
+FAILURES = {
+    7: ("img/missing.jpg", "download_failed"),
+    20: ("img/page.html", "invalid_image"),
+    39: (None, "invalid_url"),
+}
 
 
 async def test_client_embed_images_40_urls_in_3_chunks_in_order(service, image_server):

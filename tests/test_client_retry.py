@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
@@ -53,7 +53,7 @@ def test_retry_delay_is_capped_full_jitter_with_retry_after_floor(attempt, rand,
     [(None, None), ("", None), ("7", 7.0), ("soon", None), ("Tue, 01 Dec 2026 10:00:30 GMT", 30.0)],
 )
 def test_retry_after_parses_seconds_and_dates(header, expected):
-    now = datetime(2026, 12, 1, 10, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
     assert parse_retry_after(header, now) == expected
 
 

@@ -157,7 +157,8 @@ async def test_handler_accepts_older_rotated_secret(legacy, image_server):
 
 
 async def test_handler_accepts_timestamp_as_digit_string(legacy, image_server):
-    output = await legacy.handle({"input": signed_input(image_server.url("img/photo0.jpg"), timestamp=str(int(time.time())))})
+    job_input = signed_input(image_server.url("img/photo0.jpg"), timestamp=str(int(time.time())))
+    output = await legacy.handle({"input": job_input})
     assert output["dim"] == 64
 
 

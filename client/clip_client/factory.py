@@ -45,4 +45,6 @@ def make_clip_client(config: ClientConfig | None = None, *, retry: RetryPolicy |
             retry=retry,
         )
     config.require("pod_base_url", "hmac_secret")
-    return ClipPodClient(config.pod_base_url or "", config.hmac_secret or "", timeout_s=config.pod_timeout_s, retry=retry)
+    return ClipPodClient(
+        config.pod_base_url or "", config.hmac_secret or "", timeout_s=config.pod_timeout_s, retry=retry
+    )

@@ -111,7 +111,8 @@ class RunPodServerlessClipClient:
         def body() -> dict[str, object]:
             timestamp = int(self._clock())
             message = signing.legacy_message(url, timestamp)
-            return {"input": {"image_url": url, "timestamp": timestamp, "signature": signing.sign(self._secret, message)}}
+            signature = signing.sign(self._secret, message)
+            return {"input": {"image_url": url, "timestamp": timestamp, "signature": signature}}
 
         job = (await self._transport.request("POST", f"{self.endpoint_url}/runsync", body=body)).json_or_raise()
         job = await self._until_done(job)
