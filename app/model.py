@@ -56,13 +56,6 @@ class Embedder(Protocol):
         """Return L2-normalised float32 vectors, one row per input, in order."""
         ...
 
-    def _stage(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        """Stack into one reusable pinned buffer; safe because results are read back before reuse."""
-        n = len(pixels)
-        if self._staging is None or self._staging.shape[0] < n:
-            self._staging = torch.empty((max(n, 64), *pixels[0].shape), pin_memory=True)
-        return torch.stack(pixels, out=self._staging[:n])
-
     def encode_texts(self, tokens: list[torch.Tensor]) -> np.ndarray:
         """Return L2-normalised float32 vectors, one row per input, in order."""
         ...
