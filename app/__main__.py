@@ -1,13 +1,18 @@
-"""Run the service: `python -m app` (settings from the environment)."""
+"""Run the service: `python -m app` (settings from the environment).
+
+SIGTERM/SIGINT drain the service first (see app.lifecycle); the exit code is 0 after a drain,
+1 when the model could not load, 2 on invalid settings.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
+from app.lifecycle import DrainingServer, Lifecycle
+from app.logs import configure_logging
 from app.main import create_app
 from app.settings import Settings
 
@@ -23,7 +28,7 @@ def _settings_or_exit() -> Settings:
 
 def main() -> int:
     settings = _settings_or_exit()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     exit_code = 0
 
     def on_fatal(reason: str) -> None:
@@ -31,9 +36,10 @@ def main() -> int:
         exit_code = 1
         server.should_exit = True
 
-    app = create_app(settings, on_fatal=on_fatal)
+    lifecycle = Lifecycle()
+    app = create_app(settings, on_fatal=on_fatal, lifecycle=lifecycle)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, lifecycle, grace_s=settings.shutdown_grace_s)
     server.run()
     return exit_code
 

@@ -4,28 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from app.errors import Unavailable
+from app.errors import Overloaded, Unavailable
 from app.model import Embedder
 
 log = logging.getLogger("app.engine")
 
 # However items keep trickling in, a batch waits at most this many times ENGINE_MAX_WAIT_MS in all.
 GATHER_CAP_FACTOR = 8
-RunBatch = Callable[[list[torch.Tensor]], np.ndarray]
+# One row per payload; an Exception in place of a row fails only that item (see app.model_guard).
+RunBatch = Callable[[list[torch.Tensor]], np.ndarray | Sequence[np.ndarray | Exception]]
+
+
+class QueueObserver(Protocol):
+    """What the engine reports about items leaving a queue (the app's metrics implement it)."""
+
+    def dispatched(self, queue: str, waits_s: list[float]) -> None:
+        """Items went to the model after waiting `waits_s` seconds each in the queue."""
+
+    def dropped(self, queue: str, reason: str, count: int) -> None:
+        """Items were dropped before the model: reason is "cancelled" (caller gone) or "deadline"."""
 
 
 @dataclass(slots=True)
 class _Item:
     payload: torch.Tensor
     future: asyncio.Future[np.ndarray]
+    deadline: float = math.inf  # time.monotonic() after which the item is not worth computing
+    enqueued: float = 0.0
 
 
 @dataclass(slots=True)
@@ -42,9 +57,16 @@ class BatchQueue:
     """One modality's queue; a worker task turns waiting items into model batches."""
 
     def __init__(
-        self, name: str, run: RunBatch, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float
+        self,
+        name: str,
+        run: RunBatch,
+        executor: ThreadPoolExecutor,
+        max_batch: int,
+        max_wait_s: float,
+        observer: QueueObserver | None = None,
     ) -> None:
         self.name = name
+        self._observer = observer
         self._run = run
         self._executor = executor
         self._max_batch = max_batch
@@ -75,12 +97,16 @@ class BatchQueue:
             if not item.future.done():
                 item.future.set_exception(Unavailable("the engine is shutting down"))
 
-    async def submit(self, payloads: list[torch.Tensor]) -> list[np.ndarray]:
-        """Queue the payloads together and wait for their vectors, in order."""
+    async def submit(self, payloads: list[torch.Tensor], deadline: float = math.inf) -> list[np.ndarray]:
+        """Queue the payloads together and wait for their vectors, in order.
+
+        Items still queued at `deadline` (a time.monotonic() value) fail with Overloaded unrun.
+        """
         if not self.alive:
             raise Unavailable("the engine is not running")
         loop = asyncio.get_running_loop()
-        items = [_Item(p, loop.create_future()) for p in payloads]
+        now = time.monotonic()
+        items = [_Item(p, loop.create_future(), deadline, now) for p in payloads]
         for item in items:
             self._queue.put_nowait(item)
         try:
@@ -105,7 +131,28 @@ class BatchQueue:
                 batch.append(await asyncio.wait_for(self._queue.get(), budget))
             except TimeoutError:
                 break
-        return [item for item in batch if not item.future.done()]
+        return self._live(batch)
+
+    def _live(self, batch: list[_Item]) -> list[_Item]:
+        """Drop the items whose caller has gone or whose deadline has passed; report the rest's wait."""
+        now = time.monotonic()
+        live, cancelled, expired = [], 0, 0
+        for item in batch:
+            if item.future.done():
+                cancelled += 1
+            elif now >= item.deadline:
+                expired += 1
+                item.future.set_exception(Overloaded("the request's deadline passed while it waited for the model"))
+            else:
+                live.append(item)
+        if self._observer is not None:
+            if cancelled:
+                self._observer.dropped(self.name, "cancelled", cancelled)
+            if expired:
+                self._observer.dropped(self.name, "deadline", expired)
+            if live:
+                self._observer.dispatched(self.name, [now - item.enqueued for item in live])
+        return live
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -123,7 +170,11 @@ class BatchQueue:
                 continue
             self._record(len(batch))
             for item, vector in zip(batch, vectors, strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(vector, Exception):
+                    item.future.set_exception(vector)
+                else:
                     item.future.set_result(vector)
 
     def _record(self, size: int) -> None:
@@ -137,11 +188,13 @@ class BatchQueue:
 class Engine:
     """The image and text queues sharing a single model thread."""
 
-    def __init__(self, embedder: Embedder, max_batch: int, max_wait_ms: float) -> None:
+    def __init__(
+        self, embedder: Embedder, max_batch: int, max_wait_ms: float, observer: QueueObserver | None = None
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         wait_s = max_wait_ms / 1000.0
-        self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s)
-        self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s)
+        self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s, observer)
+        self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s, observer)
 
     @property
     def alive(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -11,10 +12,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
+from app.api.observe import ObserveMiddleware
+from app.api.ops import router as ops_router
 from app.api.routes import router
 from app.download import ImageFetcher, make_session
 from app.engine import Engine
+from app.lifecycle import Lifecycle
 from app.model import ClipEmbedder, Embedder, ModelLoadError, resolve_device
+from app.model_guard import GuardedEmbedder
 from app.pipeline import EmbeddingPipeline
 from app.security import MemoryNonceStore, RequestVerifier
 from app.services import Services, Status
@@ -59,12 +64,16 @@ def create_app(
     *,
     embedder_factory: EmbedderFactory = load_clip,
     on_fatal: Callable[[str], None] | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> FastAPI:
-    """Return the service app; `embedder_factory` is the model seam for tests and benchmarks."""
+    """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
+    `lifecycle` the handle a server uses to drain it."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
-        services = Services(settings=settings, verifier=make_verifier(settings))
+        services = Services.create(settings, make_verifier(settings))
+        if lifecycle is not None:
+            lifecycle.services = services
         session = make_session(settings.download_concurrency)
         cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
         fetcher = ImageFetcher(
@@ -75,6 +84,7 @@ def create_app(
         )
 
         async def load() -> None:
+            started = time.perf_counter()
             try:
                 embedder = await asyncio.to_thread(embedder_factory, settings)
             except ModelLoadError as exc:
@@ -84,8 +94,12 @@ def create_app(
                 log.exception("model failed to load")
                 _fail(services, f"model failed to load: {type(exc).__name__}: {exc}", on_fatal)
                 return
+            services.load_seconds = time.perf_counter() - started
+            embedder = GuardedEmbedder(embedder, services.metrics)
             max_batch = settings.resolved_engine_max_batch(embedder.info.device)
-            engine = Engine(embedder, max_batch=max_batch, max_wait_ms=settings.engine_max_wait_ms)
+            engine = Engine(
+                embedder, max_batch=max_batch, max_wait_ms=settings.engine_max_wait_ms, observer=services.metrics
+            )
             engine.start()
             services.engine = engine
             services.info = embedder.info
@@ -96,8 +110,12 @@ def create_app(
                 cpu_pool,
                 max_pixels=settings.max_image_pixels,
                 fast_decode=settings.fast_decode,
+                request_timeout_s=settings.request_timeout_s,
+                admission=services.admission,
+                metrics=services.metrics,
+                cache=services.cache,
             )
-            services.status, services.reason = Status.OK, None
+            services.mark_ready()
             log.info("model %s ready on %s (%s, dim %d)", embedder.info.model, embedder.info.device,
                      embedder.info.dtype, embedder.info.dim)
 
@@ -120,6 +138,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(ops_router)
+    app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer
     return app
 
 

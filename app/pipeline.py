@@ -1,21 +1,40 @@
-"""The embedding use cases: URL → bytes → pixels → vector, and text → tokens → vector."""
+"""The embedding use cases: URL → bytes → pixels → vector, and text → tokens → vector.
+
+Every request is admitted whole or refused (`Admission`), gets a deadline (REQUEST_TIMEOUT_S) after
+which its items still queued are dropped, and is answered from the embedding cache when it can.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from app.admission import Admission
+from app.cache import EmbeddingCache, image_key, text_key
 from app.download import ImageFetcher
 from app.engine import Engine
 from app.errors import ServiceError
 from app.images import decode_image
+from app.metrics import Metrics
 from app.model import Embedder
 
 ItemResult = np.ndarray | ServiceError
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One downloaded image: its cached vector, or the pixels to compute it from."""
+
+    key: str | None
+    pixels: torch.Tensor | None = None
+    vector: np.ndarray | None = None
 
 
 class EmbeddingPipeline:
@@ -30,6 +49,10 @@ class EmbeddingPipeline:
         *,
         max_pixels: int,
         fast_decode: bool,
+        request_timeout_s: float = 60.0,
+        admission: Admission | None = None,
+        metrics: Metrics | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._embedder = embedder
@@ -37,39 +60,100 @@ class EmbeddingPipeline:
         self._pool = cpu_pool
         self._max_pixels = max_pixels
         self._draft_size = embedder.info.image_size if fast_decode else None
+        self._timeout_s = request_timeout_s
+        self._admission = admission or Admission(limit=sys.maxsize)
+        self._metrics = metrics or Metrics()
+        self._cache = cache
 
     def pixels_from_bytes(self, data: bytes) -> torch.Tensor:
         """Decode and preprocess one image (blocking; runs on the CPU pool)."""
         image = decode_image(data, max_pixels=self._max_pixels, draft_size=self._draft_size)
         return self._embedder.preprocess(image)
 
-    async def _prepare(self, url: str) -> torch.Tensor:
+    def _lookup_or_decode(self, data: bytes) -> _Prepared:
+        """Hash, look up, and on a miss decode (blocking; runs on the CPU pool)."""
+        key = image_key(data) if self._cache is not None else None
+        if key is not None and self._cache is not None:
+            cached = self._cache.get(key)
+            self._count_cache("image", cached is not None)
+            if cached is not None:
+                return _Prepared(key, vector=cached)
+        started = time.perf_counter()
+        pixels = self.pixels_from_bytes(data)
+        self._metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
+        return _Prepared(key, pixels=pixels)
+
+    async def _prepare(self, url: str) -> _Prepared:
+        started = time.perf_counter()
         data = await self._fetcher.fetch(url)
+        self._metrics.stage_seconds.labels("download").observe(time.perf_counter() - started)
+        self._metrics.download_bytes.inc(len(data))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.pixels_from_bytes, data)
+        return await loop.run_in_executor(self._pool, self._lookup_or_decode, data)
+
+    async def _compute(self, prepared: _Prepared, deadline: float) -> np.ndarray:
+        if prepared.vector is not None:
+            return prepared.vector
+        assert prepared.pixels is not None
+        (vector,) = await self._engine.images.submit([prepared.pixels], deadline)
+        if prepared.key is not None and self._cache is not None:
+            self._cache.put(prepared.key, vector)
+        return vector
 
     async def embed_image(self, url: str) -> np.ndarray:
         """Embed one image; raise its ServiceError on failure."""
-        pixels = await self._prepare(url)
-        (vector,) = await self._engine.images.submit([pixels])
+        with self._admission.admit(1):
+            deadline = time.monotonic() + self._timeout_s
+            vector = await self._compute(await self._prepare(url), deadline)
+        self._metrics.embeddings.labels("image").inc()
         return vector
 
     async def embed_images(self, urls: Sequence[str]) -> list[ItemResult]:
-        """Embed many images: prepare all concurrently, then submit the good ones together."""
-        prepared = await asyncio.gather(*(self._prepare(u) for u in urls), return_exceptions=True)
-        for outcome in prepared:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, ServiceError):
-                raise outcome
-        good = [i for i, outcome in enumerate(prepared) if isinstance(outcome, torch.Tensor)]
-        vectors = await self._engine.images.submit([prepared[i] for i in good]) if good else []
-        results: list[ItemResult] = list(prepared)  # type: ignore[arg-type]
-        for i, vector in zip(good, vectors, strict=True):
-            results[i] = vector
+        """Embed many images: prepare all concurrently, then queue the ones to compute together.
+
+        Each item succeeds or fails on its own; results keep the input order.
+        """
+        with self._admission.admit(len(urls)):
+            deadline = time.monotonic() + self._timeout_s
+            prepared = await asyncio.gather(*(self._prepare(u) for u in urls), return_exceptions=True)
+            _raise_unexpected(prepared)
+            # All submissions start in the same loop turn, so they reach the engine's queue together.
+            computed = await asyncio.gather(
+                *(self._compute(p, deadline) for p in prepared if isinstance(p, _Prepared)), return_exceptions=True
+            )
+            _raise_unexpected(computed)
+        vectors = iter(computed)
+        results: list[ItemResult] = [next(vectors) if isinstance(p, _Prepared) else p for p in prepared]  # type: ignore[misc]
+        for result in results:
+            if isinstance(result, ServiceError):
+                self._metrics.errors.labels(result.code).inc()
+            else:
+                self._metrics.embeddings.labels("image").inc()
         return results
 
     async def embed_text(self, text: str) -> np.ndarray:
         """Embed one text, tokenised off the event loop."""
-        loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self._pool, self._embedder.tokenize, text)
-        (vector,) = await self._engine.texts.submit([tokens])
+        with self._admission.admit(1):
+            deadline = time.monotonic() + self._timeout_s
+            key = text_key(text) if self._cache is not None else None
+            vector = self._cache.get(key) if key is not None and self._cache is not None else None
+            if key is not None:
+                self._count_cache("text", vector is not None)
+            if vector is None:
+                loop = asyncio.get_running_loop()
+                tokens = await loop.run_in_executor(self._pool, self._embedder.tokenize, text)
+                (vector,) = await self._engine.texts.submit([tokens], deadline)
+                if key is not None and self._cache is not None:
+                    self._cache.put(key, vector)
+        self._metrics.embeddings.labels("text").inc()
         return vector
+
+    def _count_cache(self, kind: str, hit: bool) -> None:
+        (self._metrics.cache_hits if hit else self._metrics.cache_misses).labels(kind).inc()
+
+
+def _raise_unexpected(outcomes: Sequence[object]) -> None:
+    """Re-raise the first outcome that is an exception but not a ServiceError (a bug, not a bad item)."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ServiceError):
+            raise outcome

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Operations
+    max_queued_items: int = Field(1024, ge=1, le=1_000_000)
+    request_timeout_s: float = Field(60.0, gt=0, le=3600)
+    shutdown_grace_s: float = Field(25.0, ge=0, le=3600)
+    cache_max_entries: int = Field(10_000, ge=0, le=10_000_000)
+    log_format: Literal["json", "text"] = "json"
+
     @field_validator("embedding_hmac_secret", mode="before")
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
@@ -67,6 +74,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EMBEDDING_HMAC_SECRET is not set: set it to a long random string "
                 "(e.g. `openssl rand -hex 32`), or set ALLOW_INSECURE_AUTH=1 for local development only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _queue_fits_a_batch(self) -> Settings:
+        if self.max_queued_items < self.max_batch_size:
+            raise ValueError(
+                f"MAX_QUEUED_ITEMS={self.max_queued_items} is below MAX_BATCH_SIZE={self.max_batch_size}: "
+                "a full batch request could never be admitted; raise MAX_QUEUED_ITEMS or lower MAX_BATCH_SIZE"
             )
         return self
 

@@ -6,6 +6,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Header, Request
 
+from app.api.observe import RequestRecord
 from app.errors import Unavailable
 from app.model import ModelInfo
 from app.pipeline import EmbeddingPipeline
@@ -18,6 +19,14 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_record(request: Request) -> RequestRecord:
+    """Return what this request's log line will say (set up by ObserveMiddleware)."""
+    return cast(RequestRecord, request.state.record)
+
+
+RecordDep = Annotated[RequestRecord, Depends(get_record)]
 
 
 def get_ready(services: ServicesDep) -> tuple[EmbeddingPipeline, ModelInfo]:

@@ -64,23 +64,34 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _note(request: Request, code: str) -> None:
+    """Tell the request's log line and metrics which error code it answered with."""
+    record = getattr(request.state, "record", None)
+    if record is not None:
+        record.error_code = code
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every failure the same JSON shape."""
 
     @app.exception_handler(errors.ServiceError)
-    async def _service(_: Request, exc: errors.ServiceError) -> Response:
+    async def _service(request: Request, exc: errors.ServiceError) -> Response:
+        _note(request, exc.code)
         return service_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        _note(request, "invalid_request")
         return error_response("invalid_request", _describe_validation(exc), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
+        _note(request, code)
         return error_response(code, str(exc.detail), exc.status_code, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> Response:
+        _note(request, "internal_error")
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response("internal_error", "internal server error", 500)

@@ -8,8 +8,8 @@ from clip_client.signing import batch_payload_id, image_payload_id, text_payload
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.deps import ReadyDep, ServicesDep, SignedDep
-from app.api.errors import error_body
+from app.api.deps import ReadyDep, RecordDep, ServicesDep, SignedDep
+from app.api.errors import RETRY_AFTER_S, error_body
 from app.errors import InvalidRequest, ServiceError
 from app.schemas import (
     BatchResponse,
@@ -59,11 +59,15 @@ async def health(services: ServicesDep) -> Response:
     if not ready:
         body["status"] = services.status.value if services.status is not Status.OK else "unavailable"
         body["reason"] = services.reason or "engine stopped"
-    return json_response(body, 200 if ready else 503)
+    response = json_response(body, 200 if ready else 503)
+    if not ready:
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
 
 
 @router.post("/v1/embed/image", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embed_image(body: EmbedImageRequest, signed: SignedDep, ready: ReadyDep) -> Response:
+async def embed_image(body: EmbedImageRequest, signed: SignedDep, ready: ReadyDep, record: RecordDep) -> Response:
+    record.items = 1
     signed.verify(image_payload_id(body.image_url))
     pipeline, info = ready
     vector = await pipeline.embed_image(body.image_url)
@@ -72,8 +76,9 @@ async def embed_image(body: EmbedImageRequest, signed: SignedDep, ready: ReadyDe
 
 @router.post("/v1/embed/image-batch", response_model=BatchResponse, responses=_ERRORS)
 async def embed_image_batch(
-    body: EmbedImageBatchRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep
+    body: EmbedImageBatchRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep, record: RecordDep
 ) -> Response:
+    record.items = len(body.image_urls)
     signed.verify(batch_payload_id(body.image_urls))
     limit = services.settings.max_batch_size
     if len(body.image_urls) > limit:
@@ -94,7 +99,10 @@ def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, obj
 
 
 @router.post("/v1/embed/text", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embed_text(body: EmbedTextRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep) -> Response:
+async def embed_text(
+    body: EmbedTextRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep, record: RecordDep
+) -> Response:
+    record.items = 1
     signed.verify(text_payload_id(body.text))
     limit = services.settings.max_text_chars
     if len(body.text) > limit:

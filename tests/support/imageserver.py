@@ -47,6 +47,11 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(float(query.get("delay", "5")))
         self._route_img(name, query)
 
+    def _route_gated(self, name: str, query: dict[str, str]) -> None:
+        """Hold the answer until the test sets `server.gate` (bounded), then serve the image."""
+        self.server.gate.wait(30)
+        self._route_img(name, query)
+
     def _route_trickle(self, _: str, query: dict[str, str]) -> None:
         """Send a valid header, then one byte per interval, forever-ish."""
         self.send_response(200)
@@ -111,6 +116,7 @@ class ImageServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
+        self.gate = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -120,6 +126,11 @@ class ImageServer(ThreadingHTTPServer):
     def record(self, path: str) -> None:
         with self._lock:
             self.requests.append(path)
+
+    def count(self, prefix: str) -> int:
+        """Return how many requests so far had a path starting with `prefix`."""
+        with self._lock:
+            return sum(1 for p in self.requests if p.startswith(prefix))
 
     @property
     def base(self) -> str:
