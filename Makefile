@@ -4,7 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test smoke bench docker-build clean
+IMAGE ?= clip-pod-worker:2.0
+DOCKER_BUILD_ARGS ?=
+
+.PHONY: install run test smoke bench docker-build lint-docker clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt constraints.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +26,14 @@ test: install
 
 smoke: install
 	$(PY) -m scripts.smoke
+
+# The pod image (README.pod.md); e.g. DOCKER_BUILD_ARGS="--build-arg CLIP_MODEL=ViT-L-14 --build-arg CLIP_PRETRAINED=laion2b_s32b_b82k"
+docker-build:
+	docker build -f Dockerfile.pod -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+
+# Also part of `make test` (tests/test_dockerfile_pod.py).
+lint-docker: install
+	$(VENV)/bin/hadolint Dockerfile.pod
 
 clean:
 	rm -rf $(VENV) .pytest_cache
