@@ -54,6 +54,8 @@ def test_dockerfile_pod_runs_offline_as_non_root_with_healthcheck():
     words = [word for word, _ in instructions]
     args = dict(instructions)  # the last of each kind
     assert args["USER"] == "10001:10001"
+    first_env = next(a for w, a in instructions if w == "ENV")
+    assert "DEVICE=cuda" in first_env.split()  # a pod without a usable GPU fails loudly, not on the CPU
     assert args["EXPOSE"] == "8000"
     assert args["CMD"] == '["python", "-m", "app"]'
     assert args["HEALTHCHECK"].endswith('CMD ["python", "-m", "app.probe", "/health"]')
