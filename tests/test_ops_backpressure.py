@@ -102,3 +102,8 @@ def test_request_past_its_deadline_gets_503_and_never_reaches_the_model(image_se
     assert "deadline" in second_answer[1]["error"]["message"]
     assert model.image_batches == [1]
     assert value(samples, "clip_dropped_items_total", reason="deadline") == 1
+
+
+def test_settings_refuse_a_queue_smaller_than_a_batch():
+    with pytest.raises(ValueError, match="MAX_QUEUED_ITEMS=8 is below MAX_BATCH_SIZE=16"):
+        tiny_settings(max_queued_items=8, max_batch_size=16)
