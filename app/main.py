@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimitMiddleware
 from app.api.routes import router
 from app.download import ImageFetcher, make_session
 from app.engine import Engine
@@ -19,6 +20,7 @@ from app.pipeline import EmbeddingPipeline
 from app.security import MemoryNonceStore, RequestVerifier
 from app.services import Services, Status
 from app.settings import Settings
+from app.urlguard import GuardedResolver, Lookup, make_guard, system_lookup
 
 log = logging.getLogger("app")
 
@@ -59,16 +61,20 @@ def create_app(
     *,
     embedder_factory: EmbedderFactory = load_clip,
     on_fatal: Callable[[str], None] | None = None,
+    lookup: Lookup = system_lookup,
 ) -> FastAPI:
-    """Return the service app; `embedder_factory` is the model seam for tests and benchmarks."""
+    """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
+    `lookup` the DNS seam (host, port -> addresses) the URL guard checks."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         services = Services(settings=settings, verifier=make_verifier(settings))
-        session = make_session(settings.download_concurrency)
+        guard = make_guard(settings, lookup)
+        session = make_session(settings.download_concurrency, GuardedResolver(guard))
         cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
         fetcher = ImageFetcher(
             session,
+            guard,
             max_bytes=settings.max_image_size_bytes,
             timeout_s=settings.image_download_timeout_s,
             concurrency=settings.download_concurrency,
@@ -119,6 +125,7 @@ def create_app(
         description="Image and text embeddings from an open_clip model, with HMAC-signed requests.",
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(router)
     return app
 

@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
@@ -28,10 +29,12 @@ class RunningService:
 
 @contextmanager
 def run_service(
-    settings: Settings, embedder_factory: EmbedderFactory = load_clip, wait_ready: bool = True
+    settings: Settings, embedder_factory: EmbedderFactory = load_clip, wait_ready: bool = True, **app_options: Any
 ) -> Iterator[RunningService]:
-    """Start the app, wait until /health is 200 (unless told not to), stop it afterwards."""
-    app = create_app(settings, embedder_factory=embedder_factory)
+    """Start the app, wait until /health is 200 (unless told not to), stop it afterwards.
+
+    `app_options` go to `create_app` (e.g. `lookup`, the DNS seam of the URL guard)."""
+    app = create_app(settings, embedder_factory=embedder_factory, **app_options)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
