@@ -35,12 +35,15 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
     """
     fmt = sniff_format(data)
     try:
+        # The warning filter makes Pillow's bomb warning raise inside open(); as catch_warnings is
+        # not thread-safe, the size is also compared with Pillow's own limit below.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[fmt])
             width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {max_pixels}")
+            limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+            if width * height > limit:
+                raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {limit}")
             if width < 1 or height < 1:
                 raise InvalidImage("image has no pixels")
             if draft_size and fmt == "JPEG" and min(width, height) >= 2 * draft_size:
@@ -51,11 +54,11 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
     except (ImageTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"image is too large to decode safely: {exc}") from None
+        raise ImageTooLarge(f"image is too large to decode safely ({exc})") from None
     except MemoryError:
         raise ImageTooLarge("image is too large to decode") from None
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...
-        raise InvalidImage(f"could not decode {fmt} image: {type(exc).__name__}") from None
+        raise InvalidImage(f"could not decode {fmt} image: truncated or corrupt ({type(exc).__name__})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -23,11 +23,14 @@ from app.errors import InvalidRequest, ServiceError, Unauthorized
 from app.images import decode_image
 from app.model import ClipEmbedder, Embedder
 from app.settings import Settings
+from app.urlguard import GuardedResolver, make_guard
 from clip_client.signing import legacy_message, signature_matches
 
 log = logging.getLogger("app.legacy")
 
-_TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
+# Checked before comparing: compare_digest raises TypeError on non-ASCII text.
+_SIGNATURE_RE = re.compile(r"\s*[0-9A-Fa-f]{64}\s*")
 _UNAUTHORIZED = "missing or invalid signature"
 
 
@@ -83,11 +86,11 @@ class LegacyHandler:
         if self._settings.allow_insecure_auth:
             return image_url
         well_formed = isinstance(timestamp, int | str) and not isinstance(timestamp, bool)
-        if not well_formed or not _TIMESTAMP_RE.match(str(timestamp)):
+        if not well_formed or not _TIMESTAMP_RE.fullmatch(str(timestamp)):
             raise Unauthorized(_UNAUTHORIZED)
         if abs(int(self._clock()) - int(timestamp)) > self._settings.auth_max_skew_s:
             raise Unauthorized(_UNAUTHORIZED)
-        if not isinstance(signature, str) or not signature:
+        if not isinstance(signature, str) or not _SIGNATURE_RE.fullmatch(signature):
             raise Unauthorized(_UNAUTHORIZED)
         message = legacy_message(image_url, timestamp)
         # Check every key so the time taken does not say which one matched.
@@ -107,9 +110,11 @@ class LegacyHandler:
         loop = asyncio.get_running_loop()
         if self._fetcher is None or self._loop is not loop:
             s = self._settings
-            self._session = make_session(s.download_concurrency)
+            guard = make_guard(s)
+            self._session = make_session(s.download_concurrency, GuardedResolver(guard))
             self._fetcher = ImageFetcher(
                 self._session,
+                guard,
                 max_bytes=s.max_image_size_bytes,
                 timeout_s=s.image_download_timeout_s,
                 concurrency=s.download_concurrency,

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimitMiddleware
 from app.api.observe import ObserveMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
@@ -24,6 +25,7 @@ from app.pipeline import EmbeddingPipeline
 from app.security import MemoryNonceStore, RequestVerifier
 from app.services import Services, Status
 from app.settings import Settings
+from app.urlguard import GuardedResolver, Lookup, make_guard, system_lookup
 
 log = logging.getLogger("app")
 
@@ -65,19 +67,22 @@ def create_app(
     embedder_factory: EmbedderFactory = load_clip,
     on_fatal: Callable[[str], None] | None = None,
     lifecycle: Lifecycle | None = None,
+    lookup: Lookup = system_lookup,
 ) -> FastAPI:
     """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
-    `lifecycle` the handle a server uses to drain it."""
+    `lifecycle` the handle a server uses to drain it, `lookup` the DNS seam the URL guard checks."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         services = Services.create(settings, make_verifier(settings))
         if lifecycle is not None:
             lifecycle.services = services
-        session = make_session(settings.download_concurrency)
+        guard = make_guard(settings, lookup)
+        session = make_session(settings.download_concurrency, GuardedResolver(guard))
         cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
         fetcher = ImageFetcher(
             session,
+            guard,
             max_bytes=settings.max_image_size_bytes,
             timeout_s=settings.image_download_timeout_s,
             concurrency=settings.download_concurrency,
@@ -137,6 +142,7 @@ def create_app(
         description="Image and text embeddings from an open_clip model, with HMAC-signed requests.",
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(router)
     app.include_router(ops_router)
     app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer

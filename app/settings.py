@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -27,8 +28,11 @@ class Settings(BaseSettings):
     image_download_timeout_s: float = Field(30.0, gt=0, le=600)
     download_concurrency: int = Field(8, ge=1, le=1024)
     allow_private_urls: bool = False
+    allowed_ports: Annotated[frozenset[int], NoDecode] = frozenset({80, 443})
+    allowed_image_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
 
     # Model
     clip_model: str = "ViT-B-32"
@@ -58,7 +62,40 @@ class Settings(BaseSettings):
     @field_validator("embedding_hmac_secret", mode="before")
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+        # Several comma-separated secrets rotate keys; only blanks (or only commas) mean "not set".
+        return None if isinstance(value, str) and not value.replace(",", "").strip() else value
+
+    @field_validator("allowed_ports", mode="before")
+    @classmethod
+    def _split_ports(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return frozenset(int(p) for p in value.split(",") if p.strip())
+        except ValueError:
+            raise ValueError(f"ALLOWED_PORTS must be comma-separated port numbers, e.g. 80,443,8080, not {value!r}")
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _ports_in_range(cls, value: frozenset[int]) -> frozenset[int]:
+        if not value or not all(1 <= p <= 65535 for p in value):
+            raise ValueError(f"ALLOWED_PORTS must list ports between 1 and 65535, e.g. 80,443, not {sorted(value)}")
+        return value
+
+    @field_validator("allowed_image_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        hosts = tuple(str(h).strip().lower().rstrip(".") for h in items if str(h).strip())
+        for host in hosts:
+            if not re.fullmatch(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*|[0-9a-f:.]+", host):
+                raise ValueError(
+                    "ALLOWED_IMAGE_HOSTS entries are host names (example.com) or *.suffix (*.example.com), "
+                    f"not {host!r}"
+                )
+        return hosts
 
     @field_validator("device")
     @classmethod

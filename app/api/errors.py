@@ -28,7 +28,13 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.Unavailable: 503,
 }
 RETRY_AFTER_S = "1"
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
