@@ -62,12 +62,23 @@ class ObserveMiddleware:
         state["record"] = record
         services: Services | None = state.get("services")
         status = 500
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                _finish(services, scope, path, record, status, time.perf_counter() - started)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = record.request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Log and count before the last byte leaves, so a caller that has its answer
+                # also finds it in the log and the metrics.
+                finish()
             await send(message)
 
         tracked = services is not None and path.startswith("/v1/")
@@ -82,7 +93,7 @@ class ObserveMiddleware:
         finally:
             if tracked:
                 services.requests.exit()  # type: ignore[union-attr]
-            _finish(services, scope, path, record, status, time.perf_counter() - started)
+            finish()
 
 
 def _finish(
