@@ -6,8 +6,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,8 +20,12 @@ from app.model import Embedder
 
 log = logging.getLogger("app.engine")
 
-# However items keep trickling in, a batch waits at most this many times ENGINE_MAX_WAIT_MS in all.
+# However items keep trickling in, a batch waits at most this many times ENGINE_MAX_WAIT_MS in all...
 GATHER_CAP_FACTOR = 8
+# ...or, while announced items are still being prepared, at most this share of a recent forward pass.
+INCOMING_WAIT_SHARE = 0.5
+# Weight of the newest forward pass in the running average of forward time.
+FORWARD_EWMA = 0.2
 # One row per payload; an Exception in place of a row fails only that item (see app.model_guard).
 RunBatch = Callable[[list[torch.Tensor]], np.ndarray | Sequence[np.ndarray | Exception]]
 
@@ -72,6 +77,8 @@ class BatchQueue:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._incoming = 0  # items announced by expecting() and not yet submitted
+        self._forward_s = 0.0  # running average of one forward pass
         self.stats = QueueStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -115,22 +122,38 @@ class BatchQueue:
             for item in items:
                 item.future.cancel()  # no-op when done; drops leftovers when the caller went away
 
+    @contextmanager
+    def expecting(self, count: int) -> Iterator[None]:
+        """Announce `count` items being downloaded, decoded or tokenised for this queue until the block ends."""
+        self._incoming += count
+        try:
+            yield
+        finally:
+            self._incoming -= count
+
     async def _gather(self) -> list[_Item]:
         batch = [await self._queue.get()]
-        cap = time.perf_counter() + self._max_wait_s * GATHER_CAP_FACTOR
+        started = time.perf_counter()
         while len(batch) < self._max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
             # The queue ran dry: wait briefly for the next item (a full batch is never held back).
-            # Each arrival re-arms the wait, so a burst of requests lands in one batch, up to a cap.
-            budget = min(self._max_wait_s, cap - time.perf_counter())
+            # Each arrival re-arms the wait, up to a cap. While announced items are still being
+            # prepared, keep waiting for them, up to a share of a forward pass: a batch split in two
+            # by a few late decodes costs a whole extra pass.
+            cap = self._max_wait_s * GATHER_CAP_FACTOR
+            if self._incoming:
+                cap = max(cap, INCOMING_WAIT_SHARE * self._forward_s)
+            budget = min(self._max_wait_s, cap - (time.perf_counter() - started))
             if budget <= 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), budget))
             except TimeoutError:
-                break
+                # An item can land as the wait times out: it is taken at the top of the loop.
+                if not self._incoming and self._queue.empty():
+                    break
         return self._live(batch)
 
     def _live(self, batch: list[_Item]) -> list[_Item]:
@@ -160,6 +183,7 @@ class BatchQueue:
             batch = await self._gather()
             if not batch:
                 continue
+            started = time.perf_counter()
             try:
                 vectors = await loop.run_in_executor(self._executor, self._run, [i.payload for i in batch])
             except Exception as exc:
@@ -168,7 +192,7 @@ class BatchQueue:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            self._record(len(batch))
+            self._record(len(batch), time.perf_counter() - started)
             for item, vector in zip(batch, vectors, strict=True):
                 if item.future.done():
                     continue
@@ -177,7 +201,8 @@ class BatchQueue:
                 else:
                     item.future.set_result(vector)
 
-    def _record(self, size: int) -> None:
+    def _record(self, size: int, seconds: float) -> None:
+        self._forward_s = seconds if not self._forward_s else (1 - FORWARD_EWMA) * self._forward_s + FORWARD_EWMA * seconds
         s = self.stats
         s.batches += 1
         s.items += size

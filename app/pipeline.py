@@ -104,7 +104,9 @@ class EmbeddingPipeline:
         """Embed one image; raise its ServiceError on failure."""
         with self._admission.admit(1):
             deadline = time.monotonic() + self._timeout_s
-            vector = await self._compute(await self._prepare(url), deadline)
+            with self._engine.images.expecting(1):
+                prepared = await self._prepare(url)
+            vector = await self._compute(prepared, deadline)
         self._metrics.embeddings.labels("image").inc()
         return vector
 
@@ -115,7 +117,8 @@ class EmbeddingPipeline:
         """
         with self._admission.admit(len(urls)):
             deadline = time.monotonic() + self._timeout_s
-            prepared = await asyncio.gather(*(self._prepare(u) for u in urls), return_exceptions=True)
+            with self._engine.images.expecting(len(urls)):
+                prepared = await asyncio.gather(*(self._prepare(u) for u in urls), return_exceptions=True)
             _raise_unexpected(prepared)
             # All submissions start in the same loop turn, so they reach the engine's queue together.
             computed = await asyncio.gather(
@@ -141,7 +144,8 @@ class EmbeddingPipeline:
                 self._count_cache("text", vector is not None)
             if vector is None:
                 loop = asyncio.get_running_loop()
-                tokens = await loop.run_in_executor(self._pool, self._embedder.tokenize, text)
+                with self._engine.texts.expecting(1):
+                    tokens = await loop.run_in_executor(self._pool, self._embedder.tokenize, text)
                 (vector,) = await self._engine.texts.submit([tokens], deadline)
                 if key is not None and self._cache is not None:
                     self._cache.put(key, vector)

@@ -45,7 +45,8 @@ for i in range(16):
 PYEOF
 export EMBEDDING_HMAC_SECRET=$(python3 -c "import secrets; print(secrets.token_hex(16))")
 export CLIP_MODEL=$MODEL CLIP_PRETRAINED=none DEVICE=$DEV ALLOW_PRIVATE_URLS=1 HOST=127.0.0.1 PORT=8765
-export ENGINE_MAX_BATCH=256 CPU_WORKERS=12 DOWNLOAD_CONCURRENCY=128 MAX_BATCH_SIZE=64 LOG_LEVEL=warning
+# The load repeats 16 photos: the embedding cache is off, or it would measure cache hits.
+export ENGINE_MAX_BATCH=256 CPU_WORKERS=12 DOWNLOAD_CONCURRENCY=128 MAX_BATCH_SIZE=64 LOG_LEVEL=warning CACHE_MAX_ENTRIES=0
 $PY -m app & SERVER=$!
 for _ in $(seq 120); do curl -sf http://127.0.0.1:8765/health >/dev/null && break; sleep 1; done
 curl -s http://127.0.0.1:8765/health; echo

@@ -1,9 +1,10 @@
 """The compute limit: pure model throughput and decode cost, measured in this process.
 
 Prints a table and, with --json, one JSON object (bench/run.sh reads it):
-- encode_image items/s at batch 64 (and batch 1) on preprocessed tensors;
+- encode_image items/s at batch 64 (and 16, the largest batch 16 closed-loop clients can form, and 1)
+  on preprocessed tensors;
 - encode_text items/s at batch 64: open_clip's 77-token forward vs the padding-free forward on short
-  captions (about 10 tokens);
+  captions (about 10 tokens), and the padding-free forward at batch 16;
 - decode + preprocess ms per image on one core for each photo size, full vs reduced-size decoding.
 
 Usage: python -m bench.limit [--model ViT-B-32] [--device cpu] [--photos ../shared/photos] [--json]
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photos", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "photos"))
     parser.add_argument("--seconds", type=float, default=8.0, help="minimum time per throughput figure")
-    parser.add_argument("--batches", default="64,1", help="image batch sizes to measure")
+    parser.add_argument("--batches", default="64,16,1", help="image batch sizes to measure")
     parser.add_argument("--decode-repeats", type=int, default=3)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the image tower (fixed batch sizes)")
@@ -108,12 +109,15 @@ def main() -> None:
     if args.no_text:
         print(json.dumps(out) if args.json else out)
         return
-    short = [embedder.tokenize(CAPTIONS[i % len(CAPTIONS)]) for i in range(64)]
+    # Numbered like bench.load's captions (which are numbered to be distinct), so the lengths match.
+    short = [embedder.tokenize(f"{CAPTIONS[i % len(CAPTIONS)]} {1000 + i}") for i in range(64)]
     tokens = torch.stack(short).to(embedder.device)
     out["caption_tokens"] = int((tokens != 0).sum(dim=1).float().mean().item())
     with torch.inference_mode():
         out["text_full77_b64_per_s"] = rate(lambda: embedder.model.encode_text(tokens), 64, args.seconds, sync)
     out["text_truncated_b64_per_s"] = rate(lambda: embedder.encode_texts(short), 64, args.seconds, sync)
+    # 16 closed-loop clients can never form a batch larger than 16: the most they could reach.
+    out["text_truncated_b16_per_s"] = rate(lambda: embedder.encode_texts(short[:16]), 16, args.seconds, sync)
     out["text_speedup"] = out["text_truncated_b64_per_s"] / out["text_full77_b64_per_s"]
 
     if os.path.isdir(args.photos):

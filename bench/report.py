@@ -63,6 +63,8 @@ def main() -> None:
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "LOG_LEVEL": "warning",
+        # The load repeats the same photos: with the embedding cache on, it would measure cache hits.
+        "CACHE_MAX_ENTRIES": "0",
         "PYTHONPATH": f"{ROOT}:{os.path.join(ROOT, 'client')}",
     }
     if args.engine_max_batch:
@@ -113,20 +115,28 @@ def main() -> None:
     txt = limit["text_truncated_b64_per_s"]
     dec = limit.get("decode_ms_per_image_one_core", {})
     idle_budget = dec.get("1mp", {}).get("reduced", 0) + 1000 / limit["image_b1_per_s"]
+    # 16 closed-loop clients of one item each never form a batch above 16: the batch-16 rate is
+    # the most they can reach, shown beside the batch-64 limit that the targets refer to.
+    img16, txt16 = limit.get("image_b16_per_s"), limit.get("text_truncated_b16_per_s")
     rows = [
         ("limit: encode_image batch 64", f"{img64:.1f} img/s", "", ""),
+        ("limit: encode_image batch 16", f"{img16:.1f} img/s" if img16 else "-", f"{img16 / img64:.2f}" if img16 else "", ""),
         ("limit: encode_image batch 1", f"{limit['image_b1_per_s']:.1f} img/s", f"{limit['image_b1_per_s'] / img64:.2f}", ""),
         ("limit: text 77-token batch 64", f"{limit['text_full77_b64_per_s']:.1f} txt/s", "", ""),
         ("limit: text padding-free batch 64", f"{txt:.1f} txt/s", f"{limit['text_speedup']:.2f}× the 77-token forward", "≥ 4×"),
+        ("limit: text padding-free batch 16", f"{txt16:.1f} txt/s" if txt16 else "-", f"{txt16 / txt:.2f}" if txt16 else "", ""),
     ]
-    for name, key, ref, target in [
-        ("C=16 × B=1 image", "c16_b1", img64, "≥ 0.85"),
-        ("C=4 × B=16 images", "c4_b16", img64, "≥ 0.90"),
-        ("C=16 × 1 caption", "c16_text", txt, "≥ 0.85"),
+    for name, key, ref, ceiling, target in [
+        ("C=16 × B=1 image", "c16_b1", img64, img16, "≥ 0.85"),
+        ("C=4 × B=16 images", "c4_b16", img64, None, "≥ 0.90"),
+        ("C=16 × 1 caption", "c16_text", txt, txt16, "≥ 0.85"),
     ]:
         r = results[key]
+        ratio = f"{r['items_per_s'] / ref:.2f} of limit"
+        if ceiling:
+            ratio += f" ({r['items_per_s'] / ceiling:.2f} of batch 16)"
         rows.append((name, f"{r['items_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {sum(r['errors'].values())}",
-                     f"{r['items_per_s'] / ref:.2f} of limit", target))
+                     ratio, target))
     r = results["c1_b1"]
     rows.append(("C=1 × 1 image (idle) p50", f"{r['p50_ms']:.0f} ms", f"{r['p50_ms'] - idle_budget:+.0f} ms vs decode+batch-1 forward ({idle_budget:.0f} ms)", "≤ +15 ms"))
     for size in ("native", "1mp", "2mp", "12mp"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -150,3 +151,65 @@ async def test_engine_gathers_items_that_trickle_in_within_the_wait():
     finally:
         await engine.stop()
     assert model.text_batches == [5]
+
+
+async def _warm(engine: Engine) -> None:
+    """Run one text batch, so the engine knows how long a forward pass takes."""
+    await engine.texts.submit([torch.zeros(8)])
+
+
+@pytest.mark.parametrize(("announced", "batches"), [(True, [3]), (False, [1, 2])])
+async def test_engine_waits_past_the_cap_for_items_announced_as_being_prepared(announced, batches):
+    model = FakeEmbedder(t0=0.4)
+    engine = Engine(model, max_batch=64, max_wait_ms=2)  # 16 ms cap without announcements
+    engine.start()
+
+    async def prepared_late() -> None:
+        with engine.texts.expecting(1) if announced else contextlib.nullcontext():
+            await asyncio.sleep(0.1)  # past the 16 ms cap, within half a forward pass (200 ms)
+        await engine.texts.submit([torch.ones(8)])
+
+    try:
+        await _warm(engine)
+        late = [asyncio.create_task(prepared_late()) for _ in range(2)]
+        await asyncio.sleep(0)  # the announcements come first, as the pipeline makes them
+        await asyncio.gather(engine.texts.submit([torch.zeros(8)]), *late)
+    finally:
+        await engine.stop()
+    assert model.text_batches[1:] == batches
+
+
+async def test_engine_stops_waiting_for_announced_items_after_half_a_forward_pass():
+    model = FakeEmbedder(t0=0.05)
+    engine = Engine(model, max_batch=64, max_wait_ms=2)
+    engine.start()
+    release = asyncio.Event()
+
+    async def announced_never_ready() -> None:
+        with engine.texts.expecting(1):
+            await release.wait()
+        await engine.texts.submit([torch.ones(8)])
+
+    try:
+        await _warm(engine)
+        stuck = asyncio.create_task(announced_never_ready())
+        await asyncio.sleep(0)
+        # The item already queued is computed although the announced one never comes.
+        await asyncio.wait_for(engine.texts.submit([torch.zeros(8)]), 5)
+        release.set()
+        await stuck
+    finally:
+        await engine.stop()
+    assert model.text_batches[1:] == [1, 1]
+
+
+def test_http_requests_still_downloading_join_the_batch_of_those_ready(image_server):
+    model = FakeEmbedder(t0=0.5)
+    with run_service(tiny_settings(), embedder_factory=lambda s: model) as svc:
+        call(svc.base, "/v1/embed/image", {"image_url": image_server.url("img/photo0.jpg")})
+        # Downloads finishing 80 ms apart: past the 16 ms gather cap, within half a forward pass (250 ms).
+        urls = [image_server.url("img/photo1.jpg")] + [image_server.url(f"slow/photo{i}.jpg?delay=0.08") for i in (2, 3)]
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda u: call(svc.base, "/v1/embed/image", {"image_url": u}), urls))
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert model.image_batches == [1, 3]
