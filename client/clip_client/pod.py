@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 import aiohttp
 
@@ -14,7 +13,7 @@ from clip_client.config import first_secret
 from clip_client.errors import ClipConfigError, ClipServerError
 from clip_client.results import ImageResult, ItemError
 from clip_client.retry import RetryPolicy
-from clip_client.transport import Transport
+from clip_client.transport import Transport, TransportClient
 
 
 def _vector(body: object, where: str) -> list[float]:
@@ -24,7 +23,7 @@ def _vector(body: object, where: str) -> list[float]:
     return vector
 
 
-class ClipPodClient:
+class ClipPodClient(TransportClient):
     """Async client of the pod service; one aiohttp session for its lifetime (`async with` or `aclose()`)."""
 
     backend = "runpod_pod"
@@ -54,16 +53,6 @@ class ClipPodClient:
         self._batch_size = batch_size
         self._clock = clock
         self._transport = Transport(timeout_s, retry or RetryPolicy(), trace_configs=trace_configs)
-
-    async def __aenter__(self) -> ClipPodClient:
-        return self
-
-    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP session."""
-        await self._transport.aclose()
 
     async def health(self) -> dict[str, object]:
         """Return the service's `/health` body; raise ClipUnavailableError while it is not ready."""

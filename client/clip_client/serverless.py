@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 import aiohttp
 
@@ -30,7 +29,7 @@ from clip_client.errors import (
 )
 from clip_client.results import ImageResult, ItemError
 from clip_client.retry import RetryPolicy
-from clip_client.transport import Transport
+from clip_client.transport import Transport, TransportClient
 
 _PENDING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 
@@ -58,7 +57,7 @@ def _job_error(raw: object) -> tuple[str, str]:
     return "server_error", str(raw)
 
 
-class RunPodServerlessClipClient:
+class RunPodServerlessClipClient(TransportClient):
     """Async client of the legacy serverless endpoint; `embed_image` / `embed_images` only."""
 
     backend = "runpod_serverless"
@@ -89,15 +88,6 @@ class RunPodServerlessClipClient:
         self._transport = Transport(
             timeout_s, retry or RetryPolicy(), {"Authorization": f"Bearer {api_key}"}, trace_configs
         )
-
-    async def __aenter__(self) -> RunPodServerlessClipClient:
-        return self
-
-    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     async def health(self) -> dict[str, object]:
         raise ClipNotSupportedError("health() is not supported by the runpod_serverless backend")

@@ -6,6 +6,8 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 import aiohttp
 
@@ -149,3 +151,19 @@ class Transport:
         async with self.session().request(method, url, data=data, headers=all_headers) as resp:
             raw = await resp.read()
             return Answer(resp.status, _decode(raw)), parse_retry_after(resp.headers.get("Retry-After"))
+
+
+class TransportClient:
+    """Base of the backends: owns one Transport (one session), closed by `async with` or `aclose()`."""
+
+    _transport: Transport
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        await self._transport.aclose()
