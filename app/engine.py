@@ -210,13 +210,28 @@ class BatchQueue:
         s.max_batch_size_seen = max(s.max_batch_size_seen, size)
 
 
+def model_executor() -> ThreadPoolExecutor:
+    """Return the single thread that loads the model and runs every batch.
+
+    One thread, so that torch starts one team of OpenMP workers (see app.preprocess for the cost of more).
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+
 class Engine:
     """The image and text queues sharing a single model thread."""
 
     def __init__(
-        self, embedder: Embedder, max_batch: int, max_wait_ms: float, observer: QueueObserver | None = None
+        self,
+        embedder: Embedder,
+        max_batch: int,
+        max_wait_ms: float,
+        observer: QueueObserver | None = None,
+        model_thread: ThreadPoolExecutor | None = None,
     ) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # Pass the one-thread executor the model was loaded on, so that one thread owns all its torch work.
+        self._owns_executor = model_thread is None
+        self._executor = model_thread or model_executor()
         wait_s = max_wait_ms / 1000.0
         self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s, observer)
         self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s, observer)
@@ -233,7 +248,8 @@ class Engine:
     async def stop(self) -> None:
         await self.images.stop()
         await self.texts.stop()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True, cancel_futures=True)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Report queue depths and batch sizes for /health."""

@@ -17,7 +17,7 @@ from app.api.observe import ObserveMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
 from app.download import ImageFetcher, make_session
-from app.engine import Engine
+from app.engine import Engine, model_executor
 from app.lifecycle import Lifecycle
 from app.model import ClipEmbedder, Embedder, ModelLoadError, resolve_device
 from app.model_guard import GuardedEmbedder
@@ -80,6 +80,7 @@ def create_app(
         guard = make_guard(settings, lookup)
         session = make_session(settings.download_concurrency, GuardedResolver(guard))
         cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
+        model_thread = model_executor()
         fetcher = ImageFetcher(
             session,
             guard,
@@ -91,7 +92,8 @@ def create_app(
         async def load() -> None:
             started = time.perf_counter()
             try:
-                embedder = await asyncio.to_thread(embedder_factory, settings)
+                loop = asyncio.get_running_loop()
+                embedder = await loop.run_in_executor(model_thread, embedder_factory, settings)
             except ModelLoadError as exc:
                 _fail(services, str(exc), on_fatal)
                 return
@@ -103,7 +105,11 @@ def create_app(
             embedder = GuardedEmbedder(embedder, services.metrics)
             max_batch = settings.resolved_engine_max_batch(embedder.info.device)
             engine = Engine(
-                embedder, max_batch=max_batch, max_wait_ms=settings.engine_max_wait_ms, observer=services.metrics
+                embedder,
+                max_batch=max_batch,
+                max_wait_ms=settings.engine_max_wait_ms,
+                observer=services.metrics,
+                model_thread=model_thread,
             )
             engine.start()
             services.engine = engine
@@ -134,6 +140,8 @@ def create_app(
                 await services.engine.stop()
             await session.close()
             cpu_pool.shutdown(wait=False, cancel_futures=True)
+            # Let a running batch end (as the engine did when it owned the thread); a load in progress is not waited for.
+            model_thread.shutdown(wait=services.engine is not None, cancel_futures=True)
 
     app = FastAPI(
         title="CLIP embedding service",

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from app.preprocess import Preprocess
 from app.text_tower import TextTower
 
 log = logging.getLogger("app.model")
@@ -140,7 +141,7 @@ class ClipEmbedder:
                 "use CLIP_PRETRAINED=/path/to/checkpoint.pt (a local checkpoint file), or 'none' for random weights"
             ) from None
         self.model = model.eval()
-        self._preprocess = preprocess
+        self._preprocess = Preprocess(preprocess)
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self._encode_image = model.encode_image

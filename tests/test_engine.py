@@ -117,6 +117,21 @@ def test_health_answers_while_a_batch_is_computed(image_server):
     assert status == 200 and batch_still_running
 
 
+def test_model_is_loaded_on_the_one_thread_that_runs_its_batches(image_server):
+    model = FakeEmbedder()
+    loaded_on: list[str] = []
+
+    def factory(settings):
+        loaded_on.append(threading.current_thread().name)
+        return model
+
+    with run_service(tiny_settings(), embedder_factory=factory) as svc:
+        assert call(svc.base, "/v1/embed/text", {"text": "hi"})[0] == 200
+        assert call(svc.base, "/v1/embed/image", {"image_url": image_server.url("img/photo0.jpg")})[0] == 200
+    assert loaded_on[0].startswith("model")
+    assert model.threads == set(loaded_on)
+
+
 def test_health_is_503_loading_until_model_is_ready():
     release = threading.Event()
 

@@ -24,6 +24,7 @@ class FakeEmbedder:
         self.image_batches: list[int] = []
         self.text_batches: list[int] = []
         self.running = threading.Event()
+        self.threads: set[str] = set()  # names of the threads that ran batches
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         small = image.resize((4, 4))
@@ -34,6 +35,7 @@ class FakeEmbedder:
 
     def _run(self, rows: list[torch.Tensor], record: list[int]) -> np.ndarray:
         self.running.set()
+        self.threads.add(threading.current_thread().name)
         if self.gate is not None:
             self.gate.wait(30)
         time.sleep(self.t0 + self.t1 * len(rows))
