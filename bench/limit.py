@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the image tower (fixed batch sizes)")
     parser.add_argument("--no-text", action="store_true")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode costs per photo size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -120,7 +121,7 @@ def main() -> None:
     out["text_truncated_b16_per_s"] = rate(lambda: embedder.encode_texts(short[:16]), 16, args.seconds, sync)
     out["text_speedup"] = out["text_truncated_b64_per_s"] / out["text_full77_b64_per_s"]
 
-    if os.path.isdir(args.photos):
+    if os.path.isdir(args.photos) and not args.no_decode:
         out["decode_ms_per_image_one_core"] = decode_costs(embedder, args.photos, args.decode_repeats)
 
     if args.json:

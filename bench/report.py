@@ -1,8 +1,9 @@
 """Run the compute limit and the load scenarios in one go and print the ratios (bench/run.sh).
 
 Starts `python -m app` (ViT-B-32, random weights, private URLs allowed) on a free port, measures
-bench.limit while the server idles, then each load scenario of bench.load against it, and prints a
-markdown table of figures and ratios to the limit measured in the same run.
+bench.limit while the server idles, then each load scenario of bench.load against it, then the
+limit's throughput again; ratios are to the mean of the two limit runs (the machine's speed drifts
+over minutes, and the table shows by how much), in a markdown table.
 """
 
 from __future__ import annotations
@@ -70,11 +71,10 @@ def main() -> None:
     if args.engine_max_batch:
         env["ENGINE_MAX_BATCH"] = args.engine_max_batch
     py = sys.executable
-    limit = _json_of(
-        [py, "-m", "bench.limit", "--json", "--model", args.model, "--device", args.device,
-         "--seconds", str(args.limit_seconds), "--photos", args.photos],
-        env,
-    )
+    limit_cmd = [py, "-m", "bench.limit", "--json", "--model", args.model, "--device", args.device,
+                 "--seconds", str(args.limit_seconds), "--photos", args.photos]
+    limit = _json_of(limit_cmd, env)
+    before = dict(limit)
     server = subprocess.Popen([py, "-m", "app"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -101,6 +101,7 @@ def main() -> None:
             "c16_text": load("text", 16, 1, args.duration),
             "c1_b1": load("image", 1, 1, args.duration),
         }
+        after = _json_of(limit_cmd + ["--no-decode"], env)
         rss = None
         if args.rss_minutes > 0:
             first = load("image", 16, 1, 60)
@@ -111,6 +112,10 @@ def main() -> None:
         server.terminate()
         server.wait(60)
 
+    for key, value in after.items():
+        if key.endswith("_per_s"):
+            limit[key] = (before[key] + value) / 2
+    limit["text_speedup"] = limit["text_truncated_b64_per_s"] / limit["text_full77_b64_per_s"]
     img64 = limit["image_b64_per_s"]
     txt = limit["text_truncated_b64_per_s"]
     dec = limit.get("decode_ms_per_image_one_core", {})
@@ -137,6 +142,14 @@ def main() -> None:
             ratio += f" ({r['items_per_s'] / ceiling:.2f} of batch 16)"
         rows.append((name, f"{r['items_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {sum(r['errors'].values())}",
                      ratio, target))
+    drift = [(name, before[key], after[key]) for name, key in
+             [("image b64", "image_b64_per_s"), ("text b64", "text_truncated_b64_per_s")]]
+    rows.append((
+        "limit drift: before → after the loads",
+        ", ".join(f"{name} {a:.1f} → {b:.1f}/s" for name, a, b in drift),
+        ", ".join(f"{(b / a - 1) * 100:+.0f}%" for _, a, b in drift),
+        "",
+    ))
     r = results["c1_b1"]
     rows.append(("C=1 × 1 image (idle) p50", f"{r['p50_ms']:.0f} ms", f"{r['p50_ms'] - idle_budget:+.0f} ms vs decode+batch-1 forward ({idle_budget:.0f} ms)", "≤ +15 ms"))
     for size in ("native", "1mp", "2mp", "12mp"):
@@ -152,7 +165,10 @@ def main() -> None:
     print("| measure | figure | ratio | target |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print("\nraw:", json.dumps({"limit": limit, "load": results}))
+    raw = {"limit": limit, "limit_before": before, "limit_after": after, "load": results}
+    if rss:
+        raw["rss_load"] = {"first_minute": rss[2], "rest": rss[3]}
+    print("\nraw:", json.dumps(raw))
 
 
 if __name__ == "__main__":
