@@ -31,6 +31,7 @@ class Preprocess:
         if self._split:
             norm: Normalize = steps[-1]
             self._image_steps = Compose(steps[:-2])
+            self._tensor_steps = Compose(steps[-2:])
             # As torchvision does: the Python floats rounded to float32, broadcast over channels.
             self._mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, 1, -1)
             self._std = np.asarray(norm.std, dtype=np.float32).reshape(1, 1, -1)
@@ -45,7 +46,7 @@ class Preprocess:
             return self._transform(image)
         img = self._image_steps(image)
         if not isinstance(img, Image.Image) or img.mode != "RGB":
-            return self._transform(image)  # ToTensor treats other modes differently: keep its own path
+            return self._tensor_steps(img)  # ToTensor treats other modes differently: keep its own path
         x = np.asarray(img, dtype=np.float32)
         x /= np.float32(255.0)
         x -= self._mean
