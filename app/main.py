@@ -42,6 +42,7 @@ def load_clip(settings: Settings) -> Embedder:
         precision=settings.model_dtype,
         buckets=settings.compile_buckets(device),
         compile=settings.engine_compile,
+        packed_linear=settings.cpu_packed_linear,
     )
     embedder.warm_up()
     return embedder
@@ -127,8 +128,9 @@ def create_app(
                 cache=services.cache,
             )
             services.mark_ready()
-            log.info("model %s ready on %s (%s, dim %d)", embedder.info.model, embedder.info.device,
-                     embedder.info.dtype, embedder.info.dim)
+            info = embedder.info
+            log.info("model %s ready on %s (%s, dim %d, %s kernels)", info.model, info.device, info.dtype,
+                     info.dim, info.kernels)
 
         loader = asyncio.create_task(load(), name="model-loader")
         try:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from app.cpu_kernels import pack_blocks
 from app.preprocess import Preprocess
 from app.text_tower import TextTower
 
@@ -38,6 +39,7 @@ class ModelInfo:
     image_size: int
     context_length: int
     load_seconds: float = 0.0
+    kernels: str = "torch"
 
 
 class Embedder(Protocol):
@@ -117,6 +119,7 @@ class ClipEmbedder:
         precision: str = "auto",
         buckets: tuple[int, ...] = (),
         compile: bool = False,
+        packed_linear: bool = False,
     ) -> None:
         import open_clip
 
@@ -144,6 +147,9 @@ class ClipEmbedder:
         self._preprocess = Preprocess(preprocess)
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        packed = 0
+        if packed_linear and self.device.type == "cpu" and self._dtype == torch.float32 and not compile:
+            packed = pack_blocks(model, self._probe_vectors)
         self._encode_image = model.encode_image
         # Compiled graphs want fixed shapes: batches are padded up to the next bucket.
         self._buckets = tuple(sorted(buckets))
@@ -164,11 +170,19 @@ class ClipEmbedder:
             image_size=self._image_hw()[0],
             context_length=int(self._tokenizer.context_length),
             load_seconds=time.perf_counter() - started,
+            kernels="onednn-packed" if packed else "torch",
         )
 
     def _image_hw(self) -> tuple[int, int]:
         size = self.model.visual.image_size
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def _probe_vectors(self) -> torch.Tensor:
+        """Return normalised vectors of fixed inputs through both towers, to check a change of kernels."""
+        image = torch.randn(2, 3, *self._image_hw(), generator=torch.Generator().manual_seed(0))
+        text = self._tokenizer(["a photo of a cat", "a pencil drawing of an engine, seen from the side"])
+        vectors = (self.model.encode_image(image), self.model.encode_text(text))
+        return torch.cat([F.normalize(v.float(), dim=-1) for v in vectors])
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)

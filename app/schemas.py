@@ -59,6 +59,7 @@ class HealthResponse(BaseModel):
     pretrained: str | None = None
     device: str | None = None
     dtype: str | None = None
+    kernels: str | None = None
     dim: int | None = None
     max_batch_size: int
     auth: str

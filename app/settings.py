@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     fast_decode: bool = True
     model_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     engine_compile: bool = False
+    cpu_packed_linear: bool = True
 
     # Server
     host: str = "0.0.0.0"

@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--decode-repeats", type=int, default=3)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the image tower (fixed batch sizes)")
+    parser.add_argument("--torch-kernels", action="store_true",
+                        help="keep torch's own linear layers on CPU (the server's CPU_PACKED_LINEAR=0)")
     parser.add_argument("--no-text", action="store_true")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode costs per photo size")
     parser.add_argument("--json", action="store_true")
@@ -91,7 +93,7 @@ def main() -> None:
     sizes = [int(x) for x in args.batches.split(",")]
     embedder = ClipEmbedder(
         args.model, "none", args.device, precision=args.dtype, buckets=tuple(sizes) if args.compile else (),
-        compile=args.compile,
+        compile=args.compile, packed_linear=not args.torch_kernels,
     )
     sync = torch.cuda.synchronize if embedder.device.type == "cuda" else (lambda: None)
     hw = embedder.info.image_size
@@ -100,6 +102,7 @@ def main() -> None:
         "device": str(embedder.device),
         "dtype": embedder.info.dtype,
         "compiled": args.compile,
+        "kernels": embedder.info.kernels,
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -48,6 +48,22 @@ def tiny_settings(**overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> str:
+    """Save a seeded tiny model's weights, as a user would save a fine-tuned checkpoint."""
+    import open_clip
+    import torch
+
+    from app.model import CONFIG_DIR
+
+    open_clip.add_model_config(CONFIG_DIR)
+    torch.manual_seed(1234)
+    model = open_clip.create_model("clip-tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "clip-tiny.pt"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def image_server() -> Iterator[ImageServer]:
     with ImageServer() as server:
         for seed in range(6):

@@ -18,17 +18,6 @@ from tests.support.service import run_service
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """Save a seeded tiny model's weights, as a user would save a fine-tuned checkpoint."""
-    open_clip.add_model_config(CONFIG_DIR)
-    torch.manual_seed(1234)
-    model = open_clip.create_model("clip-tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "clip-tiny.pt"
-    torch.save(model.state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def reference(checkpoint):
     model, _, preprocess = open_clip.create_model_and_transforms("clip-tiny", pretrained=checkpoint)
     return model.eval(), preprocess, open_clip.get_tokenizer("clip-tiny")
@@ -57,6 +46,7 @@ def _reference_text(reference, text: str) -> np.ndarray:
 def test_health_names_checkpoint_file(ckpt_service, checkpoint):
     _, body, _ = call(ckpt_service.base, "/health")
     assert body["pretrained"] == checkpoint and body["random_weights"] is False
+    assert body["kernels"] == "onednn-packed"
 
 
 @pytest.mark.parametrize("name", ["photo0.jpg", "photo3.jpg", "large.jpg"])

@@ -50,6 +50,7 @@ async def health(services: ServicesDep) -> Response:
             "pretrained": info.pretrained,
             "device": info.device,
             "dtype": info.dtype,
+            "kernels": info.kernels,
             "dim": info.dim,
             "random_weights": info.pretrained == "none",
         }
