@@ -2,8 +2,8 @@
 
 torch's fp32 `nn.Linear` on CPU hands its weight to the BLAS, which re-packs it on every call; oneDNN
 takes a weight packed once at load. Same products, summed in another order: outputs differ from
-open_clip's by ~1e-6. Measured on the 2-core development CPU (ViT-B-32): 2x at text batch 1, +24% at
-text batch 16, +15% at batch 64 and for images. ClipEmbedder calls `pack_blocks` on CPU in fp32
+open_clip's by ~1e-6. `bench.limit` vs `bench.limit --torch-kernels` on the 2-core development CPU
+(ViT-B-32): text +16-34% at batch 16, +14-17% at batch 64, images +15-20%. ClipEmbedder calls `pack_blocks` on CPU in fp32
 (CPU_PACKED_LINEAR=1); a model whose packed forward strays beyond `TOLERANCE` keeps open_clip's blocks.
 """
 
