@@ -58,6 +58,20 @@ def test_pack_blocks_restores_open_clip_blocks_when_the_check_moves(reference):
     assert all(a is b for a, b in zip(_blocks(model), before, strict=True))
 
 
+@pytest.mark.parametrize("error", [AttributeError, RuntimeError, NotImplementedError])
+def test_pack_blocks_keeps_open_clip_blocks_when_the_ops_are_missing(reference, monkeypatch, error):
+    model = open_clip.create_model("clip-tiny").eval()
+    model.load_state_dict(reference.state_dict())
+    before = _blocks(model)
+
+    def missing(*_: object) -> torch.Tensor:
+        raise error("no such op in this torch build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", missing)
+    assert pack_blocks(model, lambda: torch.zeros(4)) == 0
+    assert all(a is b for a, b in zip(_blocks(model), before, strict=True))
+
+
 def test_pack_blocks_swaps_blocks_when_the_check_holds(reference):
     model = open_clip.create_model("clip-tiny").eval()
     model.load_state_dict(reference.state_dict())
