@@ -9,6 +9,8 @@ open_clip's by ~1e-6. `bench.limit` vs `bench.limit --torch-kernels` on the 2-co
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -109,4 +111,18 @@ def pack_blocks(model: nn.Module, check: Callable[[], torch.Tensor]) -> int:
         for blocks, i, block in swaps:
             blocks[i] = block
         return 0
-    return len(swaps)
+    count = len(swaps)
+    del swaps, block
+    _return_freed_memory()
+    return count
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap pages freed with the unpacked weights back to the OS.
+
+    glibc keeps them otherwise: ViT-B-32's server would hold ~180 MB more than with torch's kernels.
+    """
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
