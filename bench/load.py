@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import glob
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
+
+from bench import static
 
 CAPTIONS = [
     "a photo of a cat on a sofa",
@@ -37,25 +34,6 @@ CAPTIONS = [
     "an astronaut in a white suit",
     "a cup of coffee on a desk",
 ]
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def serve_folder(folder: str) -> ThreadingHTTPServer:
-    """Serve `folder` on a free port of 127.0.0.1 from a background thread."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=folder))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(kind: str, batch: int, urls: list[str], n: int) -> tuple[str, dict, str]:
@@ -138,7 +116,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--photos", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "photos"))
     parser.add_argument("--glob", default="*-1mp.jpg")
-    parser.add_argument("--static-servers", type=int, default=1, help="static server processes to spread URLs over")
+    parser.add_argument("--static-servers", type=int, default=1, help="static server processes (bench.static) to spread URLs over")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     secret = os.environ.get("EMBEDDING_HMAC_SECRET", "").split(",")[0]
@@ -148,35 +126,20 @@ def main() -> None:
         raise SystemExit("clients must be 1..256 and duration 1..3600 s")
 
     urls: list[str] = []
-    statics: list[ThreadingHTTPServer] = []
     procs: list[subprocess.Popen[bytes]] = []
-    if args.kind == "image":
-        files = sorted(glob.glob(os.path.join(args.photos, args.glob)))
-        if not files:
-            raise SystemExit(f"no photos match {args.glob} in {args.photos}")
-        folder = os.path.dirname(files[0])
-        if args.static_servers <= 1:
-            statics.append(serve_folder(folder))
-            ports = [statics[0].server_address[1]]
-        else:
-            # Several processes, so that serving the photos is not what limits a fast server.
-            ports = [_free_port() for _ in range(args.static_servers)]
-            procs = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "http.server", str(p), "--bind", "127.0.0.1", "--directory", folder],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-                for p in ports
-            ]
-            time.sleep(1.0)
-        urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
     try:
+        if args.kind == "image":
+            files = sorted(glob.glob(os.path.join(args.photos, args.glob)))
+            if not files:
+                raise SystemExit(f"no photos match {args.glob} in {args.photos}")
+            ports = [static.free_port() for _ in range(max(1, args.static_servers))]
+            procs = [static.start(args.photos, args.glob, port) for port in ports]
+            urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
         result = asyncio.run(run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret))
     finally:
-        for static in statics:
-            static.shutdown()
         for proc in procs:
             proc.terminate()
+            proc.wait(10)
     if args.json:
         print(json.dumps(result))
     else:
