@@ -13,6 +13,7 @@ import torch
 
 from app.engine import Engine
 from app.errors import Unavailable
+from app.pipeline import INLINE_TOKENIZE_CHARS
 from tests.conftest import tiny_settings
 from tests.support.api import call
 from tests.support.fake_model import FakeEmbedder
@@ -130,6 +131,18 @@ def test_model_is_loaded_on_the_one_thread_that_runs_its_batches(image_server):
         assert call(svc.base, "/v1/embed/image", {"image_url": image_server.url("img/photo0.jpg")})[0] == 200
     assert loaded_on[0].startswith("model")
     assert model.threads == set(loaded_on)
+
+
+def test_pipeline_tokenises_a_short_text_on_the_event_loop_and_a_long_one_on_the_pool():
+    model = FakeEmbedder()
+    with run_service(tiny_settings(), embedder_factory=lambda s: model) as svc:
+        loop_thread = svc.thread.name
+        short = "a" * INLINE_TOKENIZE_CHARS
+        assert call(svc.base, "/v1/embed/text", {"text": short})[0] == 200
+        assert call(svc.base, "/v1/embed/text", {"text": short + "b"})[0] == 200
+    assert model.tokenized_on[0] == loop_thread
+    assert model.tokenized_on[1].startswith("cpu")
+    assert model.text_batches == [1, 1]
 
 
 def test_health_is_503_loading_until_model_is_ready():

@@ -25,12 +25,14 @@ class FakeEmbedder:
         self.text_batches: list[int] = []
         self.running = threading.Event()
         self.threads: set[str] = set()  # names of the threads that ran batches
+        self.tokenized_on: list[str] = []  # name of the thread that tokenised each text
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         small = image.resize((4, 4))
         return torch.from_numpy(np.asarray(small, dtype=np.float32).copy())
 
     def tokenize(self, text: str) -> torch.Tensor:
+        self.tokenized_on.append(threading.current_thread().name)
         return torch.tensor([ord(c) for c in text[:DIM].ljust(DIM)], dtype=torch.float32)
 
     def _run(self, rows: list[torch.Tensor], record: list[int]) -> np.ndarray:
