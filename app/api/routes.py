@@ -8,7 +8,7 @@ from clip_client.signing import batch_payload_id, image_payload_id, text_payload
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.deps import ReadyDep, RecordDep, ServicesDep, SignedDep
+from app.api.deps import EmbedCallDep, ServicesDep
 from app.api.errors import RETRY_AFTER_S, error_body
 from app.errors import InvalidRequest, ServiceError
 from app.schemas import (
@@ -67,25 +67,22 @@ async def health(services: ServicesDep) -> Response:
 
 
 @router.post("/v1/embed/image", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embed_image(body: EmbedImageRequest, signed: SignedDep, ready: ReadyDep, record: RecordDep) -> Response:
-    record.items = 1
-    signed.verify(image_payload_id(body.image_url))
-    pipeline, info = ready
-    vector = await pipeline.embed_image(body.image_url)
-    return json_response({"embedding": vector, "dim": info.dim, "model": info.model})
+async def embed_image(body: EmbedImageRequest, call: EmbedCallDep) -> Response:
+    call.record.items = 1
+    call.signed.verify(image_payload_id(body.image_url))
+    vector = await call.pipeline.embed_image(body.image_url)
+    return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
 
 
 @router.post("/v1/embed/image-batch", response_model=BatchResponse, responses=_ERRORS)
-async def embed_image_batch(
-    body: EmbedImageBatchRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep, record: RecordDep
-) -> Response:
-    record.items = len(body.image_urls)
-    signed.verify(batch_payload_id(body.image_urls))
-    limit = services.settings.max_batch_size
+async def embed_image_batch(body: EmbedImageBatchRequest, call: EmbedCallDep) -> Response:
+    call.record.items = len(body.image_urls)
+    call.signed.verify(batch_payload_id(body.image_urls))
+    limit = call.services.settings.max_batch_size
     if len(body.image_urls) > limit:
         raise InvalidRequest(f"image_urls holds {len(body.image_urls)} URLs; at most {limit} are accepted")
-    pipeline, info = ready
-    outcomes = await pipeline.embed_images(body.image_urls)
+    info = call.info
+    outcomes = await call.pipeline.embed_images(body.image_urls)
     results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
     succeeded = sum(1 for r in results if r["error"] is None)
     return json_response(
@@ -100,16 +97,13 @@ def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, obj
 
 
 @router.post("/v1/embed/text", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embed_text(
-    body: EmbedTextRequest, signed: SignedDep, ready: ReadyDep, services: ServicesDep, record: RecordDep
-) -> Response:
-    record.items = 1
-    signed.verify(text_payload_id(body.text))
-    limit = services.settings.max_text_chars
+async def embed_text(body: EmbedTextRequest, call: EmbedCallDep) -> Response:
+    call.record.items = 1
+    call.signed.verify(text_payload_id(body.text))
+    limit = call.services.settings.max_text_chars
     if len(body.text) > limit:
         raise InvalidRequest(f"text is {len(body.text)} characters; at most {limit} are accepted")
     if not body.text.strip():
         raise InvalidRequest("text is blank")
-    pipeline, info = ready
-    vector = await pipeline.embed_text(body.text)
-    return json_response({"embedding": vector, "dim": info.dim, "model": info.model})
+    vector = await call.pipeline.embed_text(body.text)
+    return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
