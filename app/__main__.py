@@ -11,6 +11,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from app.heap import settle_heap
 from app.lifecycle import DrainingServer, Lifecycle
 from app.logs import configure_logging
 from app.main import create_app
@@ -37,7 +38,7 @@ def main() -> int:
         server.should_exit = True
 
     lifecycle = Lifecycle()
-    app = create_app(settings, on_fatal=on_fatal, lifecycle=lifecycle)
+    app = create_app(settings, on_fatal=on_fatal, on_ready=settle_heap, lifecycle=lifecycle)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     server = DrainingServer(config, lifecycle, grace_s=settings.shutdown_grace_s)
     server.run()

@@ -67,11 +67,13 @@ def create_app(
     *,
     embedder_factory: EmbedderFactory = load_clip,
     on_fatal: Callable[[str], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     lifecycle: Lifecycle | None = None,
     lookup: Lookup = system_lookup,
 ) -> FastAPI:
     """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
-    `lifecycle` the handle a server uses to drain it, `lookup` the DNS seam the URL guard checks."""
+    `on_ready` runs once the model serves (python -m app settles the heap there), `lifecycle` the
+    handle a server uses to drain it, `lookup` the DNS seam the URL guard checks."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
@@ -128,6 +130,8 @@ def create_app(
                 cache=services.cache,
             )
             services.mark_ready()
+            if on_ready is not None:
+                on_ready()
             info = embedder.info
             log.info("model %s ready on %s (%s, dim %d, %s kernels)", info.model, info.device, info.dtype,
                      info.dim, info.kernels)
