@@ -72,8 +72,8 @@ def create_app(
     lookup: Lookup = system_lookup,
 ) -> FastAPI:
     """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
-    `on_ready` runs once the model serves (python -m app settles the heap there), `lifecycle` the
-    handle a server uses to drain it, `lookup` the DNS seam the URL guard checks."""
+    `on_ready` runs once the model is loaded, just before the app reports ready (python -m app settles
+    the heap there), `lifecycle` the handle a server uses to drain it, `lookup` the DNS seam the URL guard checks."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
@@ -129,9 +129,9 @@ def create_app(
                 metrics=services.metrics,
                 cache=services.cache,
             )
-            services.mark_ready()
             if on_ready is not None:
-                on_ready()
+                on_ready()  # before /health says ok: settling collects once, ~250 ms with the loop stopped
+            services.mark_ready()
             info = embedder.info
             log.info("model %s ready on %s (%s, dim %d, %s kernels)", info.model, info.device, info.dtype,
                      info.dim, info.kernels)
