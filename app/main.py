@@ -130,7 +130,12 @@ def create_app(
                 cache=services.cache,
             )
             if on_ready is not None:
-                on_ready()  # before /health says ok: settling collects once, ~250 ms with the loop stopped
+                try:
+                    on_ready()  # before /health says ok: settling collects once, ~250 ms with the loop stopped
+                except Exception as exc:
+                    log.exception("on_ready failed")
+                    _fail(services, f"start-up failed after the model loaded: {type(exc).__name__}: {exc}", on_fatal)
+                    return
             services.mark_ready()
             info = embedder.info
             log.info("model %s ready on %s (%s, dim %d, %s kernels)", info.model, info.device, info.dtype,

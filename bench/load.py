@@ -133,13 +133,12 @@ def main() -> None:
             if not files:
                 raise SystemExit(f"no photos match {args.glob} in {args.photos}")
             ports = [static.free_port() for _ in range(max(1, args.static_servers))]
-            procs = [static.start(args.photos, args.glob, port) for port in ports]
+            for port in ports:
+                procs.append(static.start(args.photos, args.glob, port))
             urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
         result = asyncio.run(run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret))
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
+        static.stop(*procs)
     if args.json:
         print(json.dumps(result))
     else:

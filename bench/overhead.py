@@ -25,7 +25,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from bench.static import free_port
+from bench.static import free_port, stop
 
 SECRET = "bench-overhead-secret"
 
@@ -105,8 +105,7 @@ def measure(clients: int, duration: float, settle: bool) -> dict[str, float]:
         )
         cpu = _cpu_s(server.pid) - before
     finally:
-        server.terminate()
-        server.wait(30)
+        stop(server)
     result = json.loads(load.stdout)
     return {
         "requests_per_s": result["items_per_s"],

@@ -66,8 +66,20 @@ def start(folder: str, pattern: str, port: int, wait_s: float = 20.0) -> subproc
             return proc
         except OSError:
             time.sleep(0.05)
-    proc.terminate()
+    stop(proc)
     raise SystemExit(f"the static server on port {port} did not start within {wait_s:.0f} s")
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """Terminate the processes, then reap each; kill one that has not exited after 10 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:

@@ -155,6 +155,8 @@ def test_health_is_503_loading_until_model_is_ready():
     with run_service(tiny_settings(), embedder_factory=slow_factory, wait_ready=False) as svc:
         status, body, _ = call(svc.base, "/health")
         text_status, text_body, _ = call(svc.base, "/v1/embed/text", {"text": "hi"})
+        # The signature is checked before readiness: an unsigned caller learns nothing of the state.
+        unsigned_status, unsigned_body, _ = call(svc.base, "/v1/embed/text", {"text": "hi"}, secret=None)
         release.set()
         from tests.support.service import wait_healthy
         import time
@@ -163,6 +165,7 @@ def test_health_is_503_loading_until_model_is_ready():
         ready_status, _, _ = call(svc.base, "/health")
     assert (status, body["status"]) == (503, "loading")
     assert (text_status, text_body["error"]["code"]) == (503, "unavailable")
+    assert (unsigned_status, unsigned_body["error"]["code"]) == (401, "unauthorized")
     assert ready_status == 200
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.heap import GEN0_THRESHOLD, settle_heap
+from app.lifecycle import Lifecycle
 from app.model import ModelLoadError
 from tests.conftest import tiny_settings
 from tests.support.api import call
@@ -34,12 +35,31 @@ def test_settle_heap_freezes_what_exists_and_collects_young_objects_less_often(r
     assert gc.get_threshold()[0] == GEN0_THRESHOLD
 
 
-def test_create_app_calls_on_ready_once_the_model_serves():
-    calls: list[str] = []
-    model = FakeEmbedder()
-    with run_service(tiny_settings(), embedder_factory=lambda s: model, on_ready=lambda: calls.append("ready")):
-        pass
-    assert calls == ["ready"]
+def test_create_app_calls_on_ready_once_the_model_is_loaded_before_it_reports_ready():
+    lifecycle = Lifecycle()
+    not_ready_yet: list[bool] = []
+
+    def on_ready() -> None:
+        assert lifecycle.services is not None
+        not_ready_yet.append(lifecycle.services.ready() is None)
+
+    with run_service(tiny_settings(), embedder_factory=lambda s: FakeEmbedder(), on_ready=on_ready, lifecycle=lifecycle) as svc:
+        status, _, _ = call(svc.base, "/health")
+    assert not_ready_yet == [True]
+    assert status == 200
+
+
+def test_create_app_fails_start_up_when_on_ready_raises():
+    def on_ready() -> None:
+        raise RuntimeError("settling failed")
+
+    with run_service(tiny_settings(), embedder_factory=lambda s: FakeEmbedder(), wait_ready=False, on_ready=on_ready) as svc:
+        deadline = time.monotonic() + 10
+        while call(svc.base, "/health")[1].get("status") != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, body, _ = call(svc.base, "/health")
+    assert (status, body["status"]) == (503, "failed")
+    assert "RuntimeError: settling failed" in body["reason"]
 
 
 def test_create_app_does_not_call_on_ready_when_the_model_fails_to_load():
