@@ -3,8 +3,9 @@
 torch's fp32 `nn.Linear` on CPU hands its weight to the BLAS, which re-packs it on every call; oneDNN
 takes a weight packed once at load. Same products, summed in another order: outputs differ from
 open_clip's by ~1e-6. `bench.limit` vs `bench.limit --torch-kernels` on the 2-core development CPU
-(ViT-B-32): text +16-34% at batch 16, +14-17% at batch 64, images +15-20%. ClipEmbedder calls `pack_blocks` on CPU in fp32
-(CPU_PACKED_LINEAR=1); a model whose packed forward strays beyond `TOLERANCE` keeps open_clip's blocks.
+(ViT-B-32): text +16-34% at batch 16, +14-17% at batch 64, images +15-20%. ClipEmbedder calls
+`pack_blocks` on CPU in fp32 (CPU_PACKED_LINEAR=1); a model whose packed forward strays beyond
+`TOLERANCE` keeps open_clip's blocks.
 """
 
 from __future__ import annotations

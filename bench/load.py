@@ -25,6 +25,7 @@ import orjson
 from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
 
 from bench import static
+from bench.procs import free_port, stop
 
 CAPTIONS = [
     "a photo of a cat on a sofa",
@@ -132,13 +133,13 @@ def main() -> None:
             files = sorted(glob.glob(os.path.join(args.photos, args.glob)))
             if not files:
                 raise SystemExit(f"no photos match {args.glob} in {args.photos}")
-            ports = [static.free_port() for _ in range(max(1, args.static_servers))]
+            ports = [free_port() for _ in range(max(1, args.static_servers))]
             for port in ports:
                 procs.append(static.start(args.photos, args.glob, port))
             urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
         result = asyncio.run(run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret))
     finally:
-        static.stop(*procs)
+        stop(*procs)
     if args.json:
         print(json.dumps(result))
     else:

@@ -17,15 +17,13 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import open_clip
 import torch
 from PIL import Image
 
-from bench.static import free_port, stop
+from bench.procs import free_port, stop, wait_healthy
 
 SECRET = "bench-overhead-secret"
 
@@ -87,16 +85,7 @@ def measure(clients: int, duration: float, settle: bool) -> dict[str, float]:
     args = [sys.executable, "-m", "bench.overhead", "--serve", str(port)] + ([] if settle else ["--no-settle"])
     server = subprocess.Popen(args, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the stand-in server did not become ready") from None
-                time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}", server, 60)
         before = _cpu_s(server.pid)
         load = subprocess.run(
             [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}", "--kind", "text",

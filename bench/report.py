@@ -13,20 +13,13 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
+
+from bench.procs import free_port, wait_healthy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _json_of(cmd: list[str], env: dict[str, str]) -> dict:
@@ -54,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     secret = secrets.token_hex(16)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = os.environ | {
         "EMBEDDING_HMAC_SECRET": secret,
@@ -78,16 +71,7 @@ def main() -> None:
     before = dict(limit)
     server = subprocess.Popen([py, "-m", "app"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("server did not become healthy")
-                time.sleep(0.5)
+        wait_healthy(base, server, 300)
 
         def load(kind: str, c: int, b: int, duration: float) -> dict:
             return _json_of(

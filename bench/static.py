@@ -20,6 +20,8 @@ import time
 
 from aiohttp import web
 
+from bench.procs import stop
+
 
 def load_photos(folder: str, pattern: str) -> dict[str, tuple[bytes, str]]:
     """Read the files of `folder` matching `pattern`: name → (bytes, content type)."""
@@ -44,12 +46,6 @@ def make_app(photos: dict[str, tuple[bytes, str]]) -> web.Application:
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(folder: str, pattern: str, port: int, wait_s: float = 20.0) -> subprocess.Popen[bytes]:
     """Start one static server process on 127.0.0.1:`port` and return once it accepts connections."""
     proc = subprocess.Popen(
@@ -68,18 +64,6 @@ def start(folder: str, pattern: str, port: int, wait_s: float = 20.0) -> subproc
             time.sleep(0.05)
     stop(proc)
     raise SystemExit(f"the static server on port {port} did not start within {wait_s:.0f} s")
-
-
-def stop(*procs: subprocess.Popen[bytes]) -> None:
-    """Terminate the processes, then reap each; kill one that has not exited after 10 s."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:
