@@ -71,8 +71,9 @@ def test_api_chunked_body_within_limit_is_parsed(small_service):
 
 @pytest.mark.parametrize(("size", "status"), [(LIMIT, 422), (LIMIT + 1, 413)], ids=["at-limit", "over-limit"])
 def test_api_body_limit_edge(small_service, size, status):
-    # Unsigned junk of exactly `size` bytes: at the limit it reaches the parser (422), over it not.
-    got, body, _ = call(small_service.base, "/v1/embed/text", raw=b" " * size, secret=None, headers={})
+    # Junk of exactly `size` bytes with well-formed signature headers: at the limit it reaches the
+    # parser (422), over it not.
+    got, body, _ = call(small_service.base, "/v1/embed/text", raw=b" " * size, secret=None, headers=text_request("x")[1])
     assert got == status
     assert body["error"]["code"] == ("invalid_request" if status == 422 else TOO_LARGE)
 

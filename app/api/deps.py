@@ -7,10 +7,12 @@ a thread hop per dependency per request that costs more than the work itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated, TypeVar, cast
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from pydantic import BaseModel
 
+from app.api.body import auth_headers, parse_body
 from app.api.observe import RequestRecord
 from app.errors import Unavailable
 from app.model import ModelInfo
@@ -18,6 +20,7 @@ from app.pipeline import EmbeddingPipeline
 from app.security import AuthHeaders, RequestVerifier
 from app.services import Services
 
+M = TypeVar("M", bound=BaseModel)
 
 async def get_services(request: Request) -> Services:
     return cast(Services, request.state.services)
@@ -51,24 +54,25 @@ class EmbedCall:
     info: ModelInfo
     signed: Signed
     record: RequestRecord
+    request: Request
+
+    async def body(self, model: type[M]) -> M:
+        """Return the request's JSON body validated as `model` (422 through RequestValidationError)."""
+        return await parse_body(self.request, model)
 
 
-async def get_embed_call(
-    request: Request,
-    x_timestamp: Annotated[str | None, Header()] = None,
-    x_signature: Annotated[str | None, Header()] = None,
-    x_nonce: Annotated[str | None, Header()] = None,
-) -> EmbedCall:
+async def get_embed_call(request: Request) -> EmbedCall:
     """Refuse missing or stale signature headers, then a service not ready, before the body is validated."""
-    # One dependency rather than four: FastAPI's resolution of each costs more than what it returns.
+    # One dependency rather than four, headers read here (see app.api.body): FastAPI's resolution of
+    # each parameter costs more than what it returns.
     services = cast(Services, request.state.services)
-    headers = AuthHeaders(timestamp=x_timestamp, signature=x_signature, nonce=x_nonce)
+    headers = auth_headers(request)
     services.verifier.precheck(headers)
     ready = services.ready()
     if ready is None:
         raise Unavailable(f"service not ready: {services.reason or services.status.value}")
     record = cast(RequestRecord, request.state.record)
-    return EmbedCall(services, ready[0], ready[1], Signed(services.verifier, request, headers), record)
+    return EmbedCall(services, ready[0], ready[1], Signed(services.verifier, request, headers), record, request)
 
 
 EmbedCallDep = Annotated[EmbedCall, Depends(get_embed_call)]

@@ -1,4 +1,4 @@
-"""The four endpoints; each validates, verifies the signature, then calls the pipeline."""
+"""The four endpoints; each validates its body, verifies the signature, then calls the pipeline."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from clip_client.signing import batch_payload_id, image_payload_id, text_payload
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from app.api.body import signed_json_operation
 from app.api.deps import EmbedCallDep, ServicesDep
 from app.api.errors import RETRY_AFTER_S, error_body
 from app.errors import InvalidRequest, ServiceError
@@ -66,16 +67,20 @@ async def health(services: ServicesDep) -> Response:
     return response
 
 
-@router.post("/v1/embed/image", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embed_image(body: EmbedImageRequest, call: EmbedCallDep) -> Response:
+@router.post("/v1/embed/image", response_model=EmbeddingResponse, responses=_ERRORS,
+             openapi_extra=signed_json_operation(EmbedImageRequest))
+async def embed_image(call: EmbedCallDep) -> Response:
+    body = await call.body(EmbedImageRequest)
     call.record.items = 1
     call.signed.verify(image_payload_id(body.image_url))
     vector = await call.pipeline.embed_image(body.image_url)
     return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
 
 
-@router.post("/v1/embed/image-batch", response_model=BatchResponse, responses=_ERRORS)
-async def embed_image_batch(body: EmbedImageBatchRequest, call: EmbedCallDep) -> Response:
+@router.post("/v1/embed/image-batch", response_model=BatchResponse, responses=_ERRORS,
+             openapi_extra=signed_json_operation(EmbedImageBatchRequest))
+async def embed_image_batch(call: EmbedCallDep) -> Response:
+    body = await call.body(EmbedImageBatchRequest)
     call.record.items = len(body.image_urls)
     call.signed.verify(batch_payload_id(body.image_urls))
     limit = call.services.settings.max_batch_size
@@ -96,8 +101,10 @@ def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, obj
     return {"index": index, "embedding": outcome, "error": None}
 
 
-@router.post("/v1/embed/text", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embed_text(body: EmbedTextRequest, call: EmbedCallDep) -> Response:
+@router.post("/v1/embed/text", response_model=EmbeddingResponse, responses=_ERRORS,
+             openapi_extra=signed_json_operation(EmbedTextRequest))
+async def embed_text(call: EmbedCallDep) -> Response:
+    body = await call.body(EmbedTextRequest)
     call.record.items = 1
     call.signed.verify(text_payload_id(body.text))
     limit = call.services.settings.max_text_chars
