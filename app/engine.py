@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,6 +27,9 @@ GATHER_CAP_FACTOR = 8
 INCOMING_WAIT_SHARE = 0.5
 # Weight of the newest forward pass in the running average of forward time.
 FORWARD_EWMA = 0.2
+# A batch holding as many items as the largest of this many recent waves (items submitted between two
+# dispatches) goes at once instead of waiting out ENGINE_MAX_WAIT_MS: every client is already in it.
+WAVE_MEMORY = 4
 # One row per payload; an Exception in place of a row fails only that item (see app.model_guard).
 RunBatch = Callable[[list[torch.Tensor]], np.ndarray | Sequence[np.ndarray | Exception]]
 
@@ -79,6 +83,8 @@ class BatchQueue:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._incoming = 0  # items announced by expecting() and not yet submitted
         self._forward_s = 0.0  # running average of one forward pass
+        self._arrived = 0  # items submitted since the last dispatch
+        self._waves: deque[int] = deque(maxlen=WAVE_MEMORY)
         self.stats = QueueStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -114,6 +120,7 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [_Item(p, loop.create_future(), deadline, now) for p in payloads]
+        self._arrived += len(items)
         for item in items:
             self._queue.put_nowait(item)
         try:
@@ -138,6 +145,8 @@ class BatchQueue:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
+            if not self._incoming and self._waves and len(batch) >= max(self._waves):
+                break  # as many as any recent wave brought, none announced: waiting would only idle the model
             # The queue ran dry: wait briefly for the next item (a full batch is never held back).
             # Each arrival re-arms the wait, up to a cap. While announced items are still being
             # prepared, keep waiting for them, up to a share of a forward pass: a batch split in two
@@ -154,6 +163,8 @@ class BatchQueue:
                 # An item can land as the wait times out: it is taken at the top of the loop.
                 if not self._incoming and self._queue.empty():
                     break
+        self._waves.append(self._arrived)
+        self._arrived = 0
         return self._live(batch)
 
     def _live(self, batch: list[_Item]) -> list[_Item]:

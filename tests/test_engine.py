@@ -184,6 +184,22 @@ async def test_engine_gathers_items_that_trickle_in_within_the_wait():
     assert model.text_batches == [5]
 
 
+@pytest.mark.parametrize(("wave", "batches"), [(3, [3, 3, 1]), (4, [4, 4])], ids=["wave-complete", "wave-short"])
+async def test_engine_dispatches_once_a_recent_wave_is_complete(wave, batches):
+    model = FakeEmbedder()
+    engine = Engine(model, max_batch=64, max_wait_ms=300)
+    engine.start()
+    try:
+        await asyncio.gather(*(engine.texts.submit([torch.zeros(8)]) for _ in range(wave)))
+        # The next wave: three at once, then one more 50 ms later, well within the 300 ms wait.
+        # Three matching the last wave go at once and the straggler runs alone; three short of it wait.
+        first = [asyncio.create_task(engine.texts.submit([torch.zeros(8)])) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*first, engine.texts.submit([torch.ones(8)]))
+    finally:
+        await engine.stop()
+    assert model.text_batches == batches
+
 async def _warm(engine: Engine) -> None:
     """Run one text batch, so the engine knows how long a forward pass takes."""
     await engine.texts.submit([torch.zeros(8)])
