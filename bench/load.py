@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import uvloop
 from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
 
 from bench import static
@@ -137,7 +138,8 @@ def main() -> None:
             for port in ports:
                 procs.append(static.start(args.photos, args.glob, port))
             urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
-        result = asyncio.run(run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret))
+        # uvloop, as the server runs on: the generator shares the cores with the server, so it should cost little.
+        result = uvloop.run(run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret))
     finally:
         stop(*procs)
     if args.json:
