@@ -145,12 +145,14 @@ class BatchQueue:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
-            if not self._incoming and self._waves and len(batch) >= max(self._waves):
+            wave = max(self._waves, default=0)
+            if not self._incoming and wave and len(batch) >= wave:
                 break  # as many as any recent wave brought, none announced: waiting would only idle the model
             # The queue ran dry: wait briefly for the next item (a full batch is never held back).
             # Each arrival re-arms the wait, up to a cap. While announced items are still being
             # prepared, keep waiting for them, up to a share of a forward pass: a batch split in two
-            # by a few late decodes costs a whole extra pass.
+            # by a few late decodes costs a whole extra pass. Short of a recent wave, the rest of its
+            # clients are likely on their way: keep waiting too, within the cap and that share.
             cap = self._max_wait_s * GATHER_CAP_FACTOR
             if self._incoming:
                 cap = max(cap, INCOMING_WAIT_SHARE * self._forward_s)
@@ -161,7 +163,9 @@ class BatchQueue:
                 batch.append(await asyncio.wait_for(self._queue.get(), budget))
             except TimeoutError:
                 # An item can land as the wait times out: it is taken at the top of the loop.
-                if not self._incoming and self._queue.empty():
+                waited = time.perf_counter() - started
+                short = len(batch) < wave and waited < INCOMING_WAIT_SHARE * self._forward_s
+                if not self._incoming and not short and self._queue.empty():
                     break
         self._waves.append(self._arrived)
         self._arrived = 0

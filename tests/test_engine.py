@@ -205,6 +205,23 @@ async def _warm(engine: Engine) -> None:
     await engine.texts.submit([torch.zeros(8)])
 
 
+@pytest.mark.parametrize(("t0", "batches"), [(0.4, [4, 4]), (0.0, [4, 2, 2])], ids=["slow-model", "free-model"])
+async def test_engine_waits_past_the_quiet_window_for_the_rest_of_a_recent_wave(t0, batches):
+    model = FakeEmbedder(t0=t0)
+    engine = Engine(model, max_batch=64, max_wait_ms=20)  # 160 ms cap
+    engine.start()
+    try:
+        await asyncio.gather(*(engine.texts.submit([torch.zeros(8)]) for _ in range(4)))
+        # Half of the next wave, then the other half 60 ms later: past the 20 ms quiet window, within
+        # the cap and half a forward pass of the slow model (200 ms), beyond half of the free one's.
+        first = [asyncio.create_task(engine.texts.submit([torch.zeros(8)])) for _ in range(2)]
+        await asyncio.sleep(0.06)
+        await asyncio.gather(*first, *(engine.texts.submit([torch.ones(8)]) for _ in range(2)))
+    finally:
+        await engine.stop()
+    assert model.text_batches == batches
+
+
 @pytest.mark.parametrize(("announced", "batches"), [(True, [3]), (False, [1, 2])])
 async def test_engine_waits_past_the_cap_for_items_announced_as_being_prepared(announced, batches):
     model = FakeEmbedder(t0=0.4)
