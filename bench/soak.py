@@ -34,6 +34,7 @@ import aiohttp
 import numpy as np
 from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
 
+from bench.procs import free_port
 from bench.soak_images import BROKEN_NAMES, OVERSIZED_NAMES, ImageHost, start_host
 
 TEXTS = ["a photo of a cat", "a red car on a street", "two people on a beach", "a bowl of fruit",
@@ -181,14 +182,6 @@ def rss_mib(pid: int) -> float:
     return kb / 1024
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _metrics(session: aiohttp.ClientSession, base: str) -> list[str]:
     async with session.get(base + "/metrics") as resp:
         text = await resp.text()
@@ -202,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> int:
     host = ImageHost(max_image_bytes=MAX_IMAGE_BYTES)
     host.build(args.images, seed=args.seed)
     runner = await start_host(host)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = os.environ | {
         "EMBEDDING_HMAC_SECRET": secret, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": args.pretrained,

@@ -94,3 +94,21 @@ def test_cli_usage_error_exits_2():
     done = subprocess.run([sys.executable, "-m", "clip_client", "embed"], cwd=ROOT, capture_output=True,
                           timeout=60, env=os.environ | {"PYTHONPATH": str(ROOT / "client")})
     assert done.returncode == 2 and b"invalid choice" in done.stderr
+
+
+def test_cli_output_to_a_closed_pipe_exits_quietly(service):
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT / "client"),
+        "CLIP_POD_BASE_URL": service.base,
+        "EMBEDDING_HMAC_SECRET": SECRET,
+        "CLIP_INFERENCE_BACKEND": "runpod_pod",
+    }
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head` does once it has read enough: the CLI's print meets EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "clip_client", "text", "hello"], env=env, cwd=ROOT,
+                              stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0
+    assert done.stderr == b""

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 
 from clip_client.errors import ClipClientError, ClipConfigError
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except ClipClientError as exc:
         document = {"error": {"code": exc.code, "message": exc.message}}
         status = EXIT_USAGE if isinstance(exc, ClipConfigError) else EXIT_FAILED
-    print(json.dumps(document))
+    try:
+        print(json.dumps(document), flush=True)
+    except BrokenPipeError:
+        # The reader went away (`| head`): no traceback, and none again when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
 
 
