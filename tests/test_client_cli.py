@@ -77,13 +77,18 @@ def test_cli_missing_configuration_exits_2(cli, monkeypatch):
     assert "CLIP_POD_BASE_URL" in out["error"]["message"]
 
 
-def test_cli_runs_as_module_in_subprocess(service):
-    env = os.environ | {
+def _module_env(service) -> dict[str, str]:
+    """The environment of `python -m clip_client` run against the test service."""
+    return os.environ | {
         "PYTHONPATH": str(ROOT / "client"),
         "CLIP_POD_BASE_URL": service.base,
         "EMBEDDING_HMAC_SECRET": SECRET,
         "CLIP_INFERENCE_BACKEND": "runpod_pod",
     }
+
+
+def test_cli_runs_as_module_in_subprocess(service):
+    env = _module_env(service)
     done = subprocess.run([sys.executable, "-m", "clip_client", "text", "hello"], env=env, cwd=ROOT,
                           capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -97,12 +102,7 @@ def test_cli_usage_error_exits_2():
 
 
 def test_cli_output_to_a_closed_pipe_exits_quietly(service):
-    env = os.environ | {
-        "PYTHONPATH": str(ROOT / "client"),
-        "CLIP_POD_BASE_URL": service.base,
-        "EMBEDDING_HMAC_SECRET": SECRET,
-        "CLIP_INFERENCE_BACKEND": "runpod_pod",
-    }
+    env = _module_env(service)
     read_end, write_end = os.pipe()
     os.close(read_end)  # as `| head` does once it has read enough: the CLI's print meets EPIPE
     try:
