@@ -85,6 +85,7 @@ class BatchQueue:
         self._forward_s = 0.0  # running average of one forward pass
         self._arrived = 0  # items submitted since the last dispatch
         self._waves: deque[int] = deque(maxlen=WAVE_MEMORY)
+        self._idle_since = 0.0  # time.monotonic() when the last forward pass ended
         self.stats = QueueStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -145,8 +146,11 @@ class BatchQueue:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
-            wave = max(self._waves, default=0)
-            if not self._incoming and wave and len(batch) >= wave:
+            wave = min(max(self._waves, default=0), self._max_batch)
+            # Only a batch that the last answers' callers have begun to refill: items queued while the
+            # model was busy are another group, and sending them alone would keep the groups apart.
+            fresh = batch[-1].enqueued >= self._idle_since
+            if not self._incoming and wave and len(batch) >= wave and fresh:
                 break  # as many as any recent wave brought, none announced: waiting would only idle the model
             # The queue ran dry: wait briefly for the next item (a full batch is never held back).
             # Each arrival re-arms the wait, up to a cap. While announced items are still being
@@ -202,11 +206,13 @@ class BatchQueue:
             try:
                 vectors = await loop.run_in_executor(self._executor, self._run, [i.payload for i in batch])
             except Exception as exc:
+                self._idle_since = time.monotonic()
                 log.exception("%s batch of %d failed", self.name, len(batch))
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            self._idle_since = time.monotonic()
             self._record(len(batch), time.perf_counter() - started)
             for item, vector in zip(batch, vectors, strict=True):
                 if item.future.done():

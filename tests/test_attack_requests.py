@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -120,3 +121,58 @@ def test_api_empty_body_gets_json_error(service):
     conn.request("POST", "/v1/embed/text", body=b"", headers=text_request("x")[1])
     status, body, _ = answer(conn)
     assert (status, body["error"]["code"]) == (422, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [("application/json; charset=utf-8", 200), ("application/vnd.clip+json", 200), ("text/plain", 422),
+     ("application/x-www-form-urlencoded", 422)],
+)
+def test_api_accepts_only_json_bodies(service, content_type, status):
+    body, headers = text_request("a cat")
+    got, answer_body, _ = call(service.base, "/v1/embed/text", raw=body, secret=None,
+                               headers=headers | {"Content-Type": content_type})
+    assert got == status
+    if status == 422:
+        assert answer_body["error"] == {"code": "invalid_request", "message": "Content-Type must be application/json"}
+
+
+def test_api_unsigned_malformed_body_is_refused_for_its_headers_first(service):
+    got, body, _ = call(service.base, "/v1/embed/text", raw=b"{", secret=None)
+    assert (got, body["error"]["code"]) == (401, "unauthorized")
+
+
+def test_api_client_gone_mid_body_is_not_an_internal_error(small_service):
+    body, headers = text_request("a cat")
+    conn = connect(small_service)
+    conn.putrequest("POST", "/v1/embed/text")
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.putheader("Content-Length", str(len(body) + 100))
+    conn.endheaders()
+    conn.send(body)  # 100 bytes short, then gone
+    conn.close()
+    # The server notices the disconnect and logs the request; it must count as the caller's error.
+    for _ in range(100):
+        _, metrics = http_get(small_service, "/metrics")
+        if 'endpoint="/v1/embed/text",status="422"' in metrics:
+            break
+        time.sleep(0.05)
+    assert 'endpoint="/v1/embed/text",status="422"' in metrics
+    assert 'clip_errors_total{code="internal_error"}' not in metrics
+
+
+def http_get(service: RunningService, path: str) -> tuple[int, str]:
+    conn = connect(service)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read().decode()
+
+
+@pytest.mark.parametrize("path", ["/v1/embed/image", "/v1/embed/image-batch", "/v1/embed/text"])
+def test_openapi_documents_each_signed_body_and_its_headers(service, path):
+    _, text = http_get(service, "/openapi.json")
+    operation = json.loads(text)["paths"][path]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["additionalProperties"] is False and schema["required"]
+    assert [p["name"] for p in operation["parameters"] if p["in"] == "header"] == ["X-Timestamp", "X-Signature", "X-Nonce"]

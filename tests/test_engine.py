@@ -200,9 +200,29 @@ async def test_engine_dispatches_once_a_recent_wave_is_complete(wave, batches):
         await engine.stop()
     assert model.text_batches == batches
 
+
 async def _warm(engine: Engine) -> None:
     """Run one text batch, so the engine knows how long a forward pass takes."""
     await engine.texts.submit([torch.zeros(8)])
+
+
+async def test_engine_merges_a_client_that_joined_during_a_forward_pass_with_the_one_answered():
+    model = FakeEmbedder(t0=0.2)
+    engine = Engine(model, max_batch=64, max_wait_ms=20)
+    engine.start()
+
+    async def client(requests: int) -> None:
+        for _ in range(requests):
+            await engine.texts.submit([torch.zeros(8)])
+
+    try:
+        first = asyncio.create_task(client(3))
+        await asyncio.sleep(0.1)  # the second client arrives while the first one's batch runs
+        await asyncio.gather(first, client(2))
+    finally:
+        await engine.stop()
+    # Not [1, 1, 1, 1, 1]: the item queued during the pass waits for the answered client to return.
+    assert model.text_batches == [1, 2, 2]
 
 
 @pytest.mark.parametrize(("t0", "batches"), [(0.4, [4, 4]), (0.0, [4, 2, 2])], ids=["slow-model", "free-model"])

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(document), flush=True)
     except BrokenPipeError:
         # The reader went away (`| head`): no traceback, and none again when Python flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return status
 
 
