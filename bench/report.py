@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import sys
 
-from bench.procs import free_port, wait_healthy
+from bench.procs import free_port, stop, wait_healthy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -96,8 +96,7 @@ def main() -> None:
             rest = load("image", 16, 1, max(1.0, args.rss_minutes * 60 - 60))
             rss = (rss_first, _rss_mb(server.pid), first, rest)
     finally:
-        server.terminate()
-        server.wait(60)
+        stop(server)
 
     for key, value in after.items():
         if key.endswith("_per_s"):

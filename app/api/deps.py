@@ -7,12 +7,11 @@ a thread hop per dependency per request that costs more than the work itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, TypeVar, cast
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
-from pydantic import BaseModel
 
-from app.api.body import auth_headers, parse_body
+from app.api.body import M, auth_headers, parse_body
 from app.api.observe import RequestRecord
 from app.errors import Unavailable
 from app.model import ModelInfo
@@ -20,7 +19,6 @@ from app.pipeline import EmbeddingPipeline
 from app.security import AuthHeaders, RequestVerifier
 from app.services import Services
 
-M = TypeVar("M", bound=BaseModel)
 
 async def get_services(request: Request) -> Services:
     return cast(Services, request.state.services)
