@@ -45,7 +45,12 @@ def parse_url(raw: str) -> URL:
 
 
 def make_session(connections: int, resolver: AbstractResolver) -> aiohttp.ClientSession:
-    """Create the app's one HTTP session: guarded resolver, no proxies, no transparent decompression."""
+    """Create the app's one HTTP session: guarded resolver, no proxies, no cookies, no transparent decompression.
+
+    The session is shared by every caller, so it keeps no cookies: one caller's image server must not
+    hand a cookie that goes out with another caller's request. Time is bounded by ImageFetcher's own
+    deadline, so aiohttp's per-request timer is off (it cost a timer per download).
+    """
     connector = aiohttp.TCPConnector(
         limit=connections, resolver=resolver, ttl_dns_cache=None, use_dns_cache=False
     )
@@ -53,6 +58,8 @@ def make_session(connections: int, resolver: AbstractResolver) -> aiohttp.Client
         connector=connector,
         trust_env=False,
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "image/*"},
     )
 

@@ -1,13 +1,17 @@
-"""The HTTP layer's cost per request: the real app in front of a stand-in model that costs nothing.
+"""The HTTP layer's cost per item: the real app in front of a stand-in model that costs nothing.
 
 The stand-in keeps open_clip's real tokenizer and returns a fixed vector at once, so what is measured
-is what every request pays besides the forward pass: HTTP, validation, signature, tokenising,
-queueing, the answer. On a GPU that cost, not the model, bounds small requests. Prints requests/s
-at saturation and the server's CPU per request; `--compare-settle` runs it with and without
-`app.heap.settle_heap` (what `python -m app` applies once the model is ready) and prints the ratio.
-Compare code changes by running it in each checkout. 127.0.0.1 only; Linux (/proc) for CPU times.
+is what every item pays besides the forward pass: HTTP, validation, signature, tokenising or
+downloading, queueing, the answer. On a GPU that cost, not the model, bounds throughput. Prints
+items/s at saturation, the server's CPU per item and its event-loop thread's CPU per item: the loop
+is one thread, so 1 / (loop CPU per item) bounds the items/s of one server process whatever the
+model and the decode pool do. `--kind image` downloads tiny generated JPEGs (64x48) from a local
+static server, so decoding costs little and the download, queueing and answer path shows.
+`--compare-settle` runs it with and without `app.heap.settle_heap` (what `python -m app` applies once
+the model is ready) and prints the ratio. Compare code changes by running it in each checkout.
+127.0.0.1 only; Linux (/proc) for CPU times.
 
-Usage: python -m bench.overhead [--clients 32] [--duration 10] [--compare-settle]
+Usage: python -m bench.overhead [--kind text|image] [--clients 32] [--batch 1] [--duration 10] [--compare-settle]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import open_clip
@@ -69,36 +74,50 @@ def serve(port: int, settle: bool) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds of process `pid`, or of its thread `tid` (the main thread, where uvicorn's loop runs, is tid = pid)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(clients: int, duration: float, settle: bool) -> dict[str, float]:
-    """Start a server, load it with captions for `duration` s, return its figures."""
+def tiny_photos(folder: str, count: int = 8) -> None:
+    """Write `count` small noisy JPEGs (64x48) to `folder`: cheap to decode, real to download."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        pixels = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f"tiny-{i}.jpg"), quality=85)
+
+
+def measure(kind: str, clients: int, batch: int, duration: float, settle: bool) -> dict[str, float]:
+    """Start a server, load it with captions or tiny images for `duration` s, return its figures."""
     port = free_port()
     env = os.environ | {
         "EMBEDDING_HMAC_SECRET": SECRET, "CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": "none", "DEVICE": "cpu",
-        "LOG_LEVEL": "warning", "CACHE_MAX_ENTRIES": "0",
+        "LOG_LEVEL": "warning", "CACHE_MAX_ENTRIES": "0", "ALLOW_PRIVATE_URLS": "1",
     }
     args = [sys.executable, "-m", "bench.overhead", "--serve", str(port)] + ([] if settle else ["--no-settle"])
     server = subprocess.Popen(args, env=env)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", server, 60)
-        before = _cpu_s(server.pid)
-        load = subprocess.run(
-            [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}", "--kind", "text",
-             "-c", str(clients), "--duration", str(duration)],
-            env=env, capture_output=True, text=True, check=True,
-        )
-        cpu = _cpu_s(server.pid) - before
+        with tempfile.TemporaryDirectory() as photos:
+            tiny_photos(photos)
+            wait_healthy(f"http://127.0.0.1:{port}", server, 60)
+            before, loop_before = _cpu_s(server.pid), _cpu_s(server.pid, server.pid)
+            load = subprocess.run(
+                [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}", "--kind", kind,
+                 "-c", str(clients), "-b", str(batch), "--duration", str(duration), "--photos", photos, "--glob", "*.jpg"],
+                env=env, capture_output=True, text=True, check=True,
+            )
+            cpu, loop_cpu = _cpu_s(server.pid) - before, _cpu_s(server.pid, server.pid) - loop_before
     finally:
         stop(server)
     result = json.loads(load.stdout)
+    items = max(1.0, result["items_per_s"] * result["seconds"])
     return {
-        "requests_per_s": result["items_per_s"],
-        "server_cpu_us_per_request": cpu / max(1, result["requests"]) * 1e6,
+        "items_per_s": result["items_per_s"],
+        "server_cpu_us_per_item": cpu / items * 1e6,
+        "loop_cpu_us_per_item": loop_cpu / items * 1e6,
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
         "errors": sum(result["errors"].values()),
@@ -107,7 +126,9 @@ def measure(clients: int, duration: float, settle: bool) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--kind", choices=["text", "image"], default="text")
+    parser.add_argument("-c", "--clients", type=int, default=32)
+    parser.add_argument("-b", "--batch", type=int, default=1, help="items per request (images: 1 uses /v1/embed/image)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--compare-settle", action="store_true", help="also run without settle_heap; print the ratio")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -118,14 +139,18 @@ def main() -> None:
         return
     if not 1 <= args.clients <= 256 or not 1 <= args.duration <= 600:
         raise SystemExit("clients must be 1..256 and duration 1..600 s")
-    runs = {"settled": measure(args.clients, args.duration, settle=True)}
+    if args.kind == "text" and args.batch != 1:
+        raise SystemExit("text requests hold one text: --batch applies to images")
+    runs = {"settled": measure(args.kind, args.clients, args.batch, args.duration, settle=True)}
     if args.compare_settle:
-        runs["unsettled"] = measure(args.clients, args.duration, settle=False)
+        runs["unsettled"] = measure(args.kind, args.clients, args.batch, args.duration, settle=False)
     for name, r in runs.items():
-        print(f"{name:10s} {r['requests_per_s']:7.0f} requests/s  server CPU {r['server_cpu_us_per_request']:4.0f} us/request"
+        loop = r["loop_cpu_us_per_item"]
+        print(f"{name:10s} {r['items_per_s']:7.0f} {args.kind}s/s  server CPU {r['server_cpu_us_per_item']:4.0f} us/item"
+              f"  event loop {loop:4.0f} us/item (bound {1e6 / max(loop, 1e-9):6.0f}/s)"
               f"  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']:.0f}")
     if args.compare_settle:
-        ratio = runs["settled"]["requests_per_s"] / runs["unsettled"]["requests_per_s"]
+        ratio = runs["settled"]["items_per_s"] / runs["unsettled"]["items_per_s"]
         print(f"settled / unsettled requests/s: {ratio:.2f}")
 
 

@@ -240,6 +240,16 @@ async def test_fetch_sends_fixed_user_agent_and_identity_encoding(hostile):
     assert (sent["User-Agent"], sent["Accept-Encoding"]) == (USER_AGENT, "identity")
 
 
+async def test_fetch_never_sends_a_cookie_an_image_server_set(hostile):
+    # One session serves every caller: a cookie kept from one caller's URL would go out with another's.
+    dns, routes = public_dns(hostile)
+    async with guarded_fetcher(dns, routes=routes) as fetcher:
+        await fetcher.fetch(f"http://{PUBLIC_HOST}/cookie/photo.jpg")
+        assert await fetcher.fetch(f"http://{PUBLIC_HOST}/img/photo.jpg?after-cookie") == PHOTO
+    sent = hostile.headers_seen[-1]
+    assert "Cookie" not in sent and "cookie" not in sent
+
+
 # --- odd IPv4 spellings, schemes, credentials, ports, length ---------------------------------
 
 

@@ -66,6 +66,11 @@ class _HostileHandler(_Handler):
             body = body[: int(query["cut"])]
         self._send(200, body, "image/jpeg", {"Content-Encoding": enc})
 
+    def _route_cookie(self, name: str, query: dict[str, str]) -> None:
+        """Serve files[name] with a Set-Cookie header, as a tracking image server might."""
+        body = self.server.files[name]
+        self._send(200, body, "image/jpeg", {"Set-Cookie": "session=caller-a; Path=/; Max-Age=3600"})
+
     def _route_gzip_bomb(self, _: str, query: dict[str, str]) -> None:
         self._send(200, self.server.bomb(int(query["size"])), "image/jpeg", {"Content-Encoding": "gzip"})
 
