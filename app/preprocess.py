@@ -5,6 +5,8 @@ those outnumber the cores, every OpenMP barrier sleeps instead of spinning, and 
 pass on the CPU loses about 15% (measured: 1.7 of 2 cores busy instead of 2.0). Decoding threads
 that ran open_clip's ToTensor/Normalize each started such a team. Done here in numpy with the same
 float32 operations in the same order (x / 255, then - mean, then / std), the result is bit-identical.
+A byte has 256 values, so those operations run once per value and channel, into a lookup table that
+each pixel then reads: 0.20 ms instead of 0.55 ms for a 224x224 image (and 0.7 ms for torchvision's tail).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ class Preprocess:
             norm: Normalize = steps[-1]
             self._image_steps = Compose(steps[:-2])
             self._tensor_steps = Compose(steps[-2:])
-            # As torchvision does: the Python floats rounded to float32, broadcast over channels.
-            self._mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, 1, -1)
-            self._std = np.asarray(norm.std, dtype=np.float32).reshape(1, 1, -1)
+            # As torchvision does: the Python floats rounded to float32; the same operations, in order.
+            mean = np.asarray(norm.mean, dtype=np.float32).reshape(-1, 1)
+            std = np.asarray(norm.std, dtype=np.float32).reshape(-1, 1)
+            values = np.arange(256, dtype=np.float32).reshape(1, -1)
+            self._table = np.broadcast_to((values / np.float32(255.0) - mean) / std, (3, 256)).copy()
 
     @property
     def uses_numpy_tail(self) -> bool:
@@ -47,8 +51,8 @@ class Preprocess:
         img = self._image_steps(image)
         if not isinstance(img, Image.Image) or img.mode != "RGB":
             return self._tensor_steps(img)  # ToTensor treats other modes differently: keep its own path
-        x = np.asarray(img, dtype=np.float32)
-        x /= np.float32(255.0)
-        x -= self._mean
-        x /= self._std
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        pixels = np.asarray(img)
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self._table[channel], pixels[:, :, channel], out=out[channel])
+        return torch.from_numpy(out)

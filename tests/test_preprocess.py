@@ -23,12 +23,23 @@ def _image(size: tuple[int, int], mode: str, seed: int = 0) -> Image.Image:
 @pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
 @pytest.mark.parametrize("size", [(640, 480), (225, 224), (1, 1), (300, 1000)])
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
-def test_preprocess_matches_open_clip_transform_bit_for_bit(resize_mode, size, mode):
-    transform = open_clip.image_transform(224, is_train=False, resize_mode=resize_mode)
+@pytest.mark.parametrize("norm", [{}, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}], ids=["openai", "half"])
+def test_preprocess_matches_open_clip_transform_bit_for_bit(resize_mode, size, mode, norm):
+    transform = open_clip.image_transform(224, is_train=False, resize_mode=resize_mode, **norm)
     image = _image(size, mode)
     ours = Preprocess(transform)
     assert ours.uses_numpy_tail
     assert torch.equal(ours(image), transform(image))
+
+
+@pytest.mark.parametrize("norm", [{}, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}], ids=["openai", "half"])
+def test_preprocess_matches_open_clip_for_every_byte_value_in_every_channel(norm):
+    transform = open_clip.image_transform(16, is_train=False, **norm)
+    # 16x16 pixels: each channel holds every value 0..255 once, in a different order per channel.
+    values = np.arange(256, dtype=np.uint8)
+    pixels = np.stack([values, values[::-1], np.roll(values, 85)], axis=-1).reshape(16, 16, 3)
+    image = Image.fromarray(pixels)
+    assert torch.equal(Preprocess(transform)(image), transform(image))
 
 
 def test_preprocess_runs_a_transform_without_a_normalize_tail_as_is():
