@@ -6,7 +6,8 @@
 #
 # Prints: pure encode_image images/s at batch 64/256 in fp16 and bf16 (eager, then compiled),
 # text/s, and end-to-end images/s through the real server with 1 MP JPEGs from a local static
-# server, plus the idle single-image p50. Bounded to about 8 minutes.
+# server (with the server's CPU and its event loop's per image), the idle single-image p50, and what
+# the HTTP layer alone can feed on this host's CPU. Bounded to about 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -24,13 +25,6 @@ DUR=${GPU_CHECK_SECONDS:-30}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 
-echo "== pure forward ($MODEL, random weights, $DEV)"
-timeout 90 $PY -m bench.limit --device $DEV --model $MODEL --dtype fp16 --batches 64,256 --seconds 3 --photos /nonexistent
-timeout 60 $PY -m bench.limit --device $DEV --model $MODEL --dtype bf16 --batches 64,256 --seconds 3 --photos /nonexistent --no-text
-timeout 180 $PY -m bench.limit --device $DEV --model $MODEL --dtype fp16 --batches 64,256 --seconds 3 --photos /nonexistent --no-text --compile \
-  || echo "compiled run failed or timed out"
-
-echo "== end to end through the server"
 PHOTOS=$(mktemp -d)
 $PY - "$PHOTOS" <<'PYEOF'
 import sys, numpy as np
@@ -43,6 +37,14 @@ for i in range(16):
     img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
     img.save(f"{sys.argv[1]}/photo{i:02d}-1mp.jpg", quality=90)
 PYEOF
+
+echo "== pure forward ($MODEL, random weights, $DEV); decode+preprocess of a 1 MP JPEG on one of this host's cores"
+timeout 90 $PY -m bench.limit --device $DEV --model $MODEL --dtype fp16 --batches 64,256 --seconds 3 --photos "$PHOTOS"
+timeout 60 $PY -m bench.limit --device $DEV --model $MODEL --dtype bf16 --batches 64,256 --seconds 3 --photos /nonexistent --no-text
+timeout 180 $PY -m bench.limit --device $DEV --model $MODEL --dtype fp16 --batches 64,256 --seconds 3 --photos /nonexistent --no-text --compile \
+  || echo "compiled run failed or timed out"
+
+echo "== end to end through the server"
 export EMBEDDING_HMAC_SECRET=$(python3 -c "import secrets; print(secrets.token_hex(16))")
 export CLIP_MODEL=$MODEL CLIP_PRETRAINED=none DEVICE=$DEV ALLOW_PRIVATE_URLS=1 HOST=127.0.0.1 PORT=8765
 # The load repeats 16 photos: the embedding cache is off, or it would measure cache hits.
@@ -50,8 +52,26 @@ export ENGINE_MAX_BATCH=256 CPU_WORKERS=12 DOWNLOAD_CONCURRENCY=128 MAX_BATCH_SI
 $PY -m app & SERVER=$!
 for _ in $(seq 120); do curl -sf http://127.0.0.1:8765/health >/dev/null && break; sleep 1; done
 curl -s http://127.0.0.1:8765/health; echo
-timeout 60 $PY -m bench.load --server http://127.0.0.1:8765 --photos "$PHOTOS" --glob '*-1mp.jpg' --static-servers 4 -c 32 -b 32 --duration $DUR
+# The server's CPU and its event loop's (one thread) per image show which bounds the end-to-end rate.
+cpu_now() { $PY -c "import sys; from bench.procs import cpu_seconds as c; p = int(sys.argv[1]); print(c(p), c(p, p))" "$SERVER"; }
+E2E=$(mktemp)
+read -r CPU0 LOOP0 <<<"$(cpu_now)"
+timeout 60 $PY -m bench.load --server http://127.0.0.1:8765 --photos "$PHOTOS" --glob '*-1mp.jpg' --static-servers 4 -c 32 -b 32 --duration $DUR --json > "$E2E"
+read -r CPU1 LOOP1 <<<"$(cpu_now)"
+$PY - "$E2E" "$CPU0" "$CPU1" "$LOOP0" "$LOOP1" <<'PYEOF' || echo "end-to-end load failed"
+import json, sys
+r = json.load(open(sys.argv[1]))
+c0, c1, l0, l1 = map(float, sys.argv[2:])
+for key, value in r.items():
+    print(f"{key:12s} {value}")
+items = max(1.0, r["items_per_s"] * r["seconds"])
+print(f"server CPU {(c1 - c0) / items * 1e6:.0f} us/image ({(c1 - c0) / r['seconds']:.1f} cores busy); "
+      f"event loop {(l1 - l0) / items * 1e6:.0f} us/image ({(l1 - l0) / r['seconds'] * 100:.0f}% of its one thread)")
+PYEOF
 timeout 40 $PY -m bench.load --server http://127.0.0.1:8765 --photos "$PHOTOS" --glob '*-1mp.jpg' -c 1 -b 1 --duration $((DUR / 2))
 timeout 40 $PY -m bench.load --server http://127.0.0.1:8765 --kind text -c 64 -b 1 --duration $((DUR / 2))
 curl -s http://127.0.0.1:8765/health; echo
 kill $SERVER; wait $SERVER 2>/dev/null
+
+echo "== the HTTP layer alone on this host's CPU (stand-in model of no cost, 64x48 JPEGs): what one event loop can feed"
+timeout 60 $PY -m bench.overhead --kind image -c 32 -b 32 --duration $((DUR / 3)) || echo "overhead run failed"

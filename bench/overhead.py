@@ -28,7 +28,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from bench.procs import free_port, stop, wait_healthy
+from bench.procs import cpu_seconds, free_port, stop, wait_healthy
 
 SECRET = "bench-overhead-secret"
 
@@ -74,14 +74,6 @@ def serve(port: int, settle: bool) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 
-def _cpu_s(pid: int, tid: int | None = None) -> float:
-    """CPU seconds of process `pid`, or of its thread `tid` (the main thread, where uvicorn's loop runs, is tid = pid)."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def tiny_photos(folder: str, count: int = 8) -> None:
     """Write `count` small noisy JPEGs (64x48) to `folder`: cheap to decode, real to download."""
     rng = np.random.default_rng(0)
@@ -103,13 +95,13 @@ def measure(kind: str, clients: int, batch: int, duration: float, settle: bool) 
         with tempfile.TemporaryDirectory() as photos:
             tiny_photos(photos)
             wait_healthy(f"http://127.0.0.1:{port}", server, 60)
-            before, loop_before = _cpu_s(server.pid), _cpu_s(server.pid, server.pid)
+            before, loop_before = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
             load = subprocess.run(
                 [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}", "--kind", kind,
                  "-c", str(clients), "-b", str(batch), "--duration", str(duration), "--photos", photos, "--glob", "*.jpg"],
                 env=env, capture_output=True, text=True, check=True,
             )
-            cpu, loop_cpu = _cpu_s(server.pid) - before, _cpu_s(server.pid, server.pid) - loop_before
+            cpu, loop_cpu = cpu_seconds(server.pid) - before, cpu_seconds(server.pid, server.pid) - loop_before
     finally:
         stop(server)
     result = json.loads(load.stdout)

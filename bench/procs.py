@@ -1,7 +1,8 @@
-"""Child processes of the bench scripts: a free port, waiting for /health, stopping them for good."""
+"""Child processes of the bench scripts: a free port, waiting for /health, their CPU time, stopping them for good."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -26,6 +27,14 @@ def wait_healthy(base: str, server: subprocess.Popen[bytes], timeout_s: float) -
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit(f"the server at {base} did not become healthy") from None
             time.sleep(0.2)
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU seconds of process `pid`, or of its thread `tid` (Linux /proc; uvicorn's event loop runs on tid = pid)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(*procs: subprocess.Popen[bytes]) -> None:
