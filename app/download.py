@@ -25,6 +25,8 @@ MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
 _CHUNK = 64 * 1024
+# A connection attempt gives up after this long even when the download's deadline is longer (aiohttp's default).
+CONNECT_TIMEOUT_S = 30.0
 
 
 def parse_url(raw: str) -> URL:
@@ -49,7 +51,8 @@ def make_session(connections: int, resolver: AbstractResolver) -> aiohttp.Client
 
     The session is shared by every caller, so it keeps no cookies: one caller's image server must not
     hand a cookie that goes out with another caller's request. Time is bounded by ImageFetcher's own
-    deadline, so aiohttp's per-request timer is off (it cost a timer per download).
+    deadline, so aiohttp's per-request timer is off (it cost a timer per download); a connection
+    attempt still gives up after CONNECT_TIMEOUT_S.
     """
     connector = aiohttp.TCPConnector(
         limit=connections, resolver=resolver, ttl_dns_cache=None, use_dns_cache=False
@@ -59,7 +62,7 @@ def make_session(connections: int, resolver: AbstractResolver) -> aiohttp.Client
         trust_env=False,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=None),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "image/*"},
     )
 
@@ -128,8 +131,9 @@ class ImageFetcher:
             raise ImageTooLarge(f"image is {resp.content_length} bytes, over {self._max_bytes}")
         if inflater is not None:
             return await self._read_inflated(resp, inflater, encoding)
-        # Count while streaming: Content-Length may be missing or lie. The pieces are joined once at
-        # the end (a growing bytearray copied each 1 MP photo two to three times over).
+        # Count while streaming: Content-Length may be missing or lie. A piece is what aiohttp has
+        # buffered (under 1 MiB: it pauses reading past 128 KiB); the pieces are joined once at the
+        # end (a growing bytearray copied each 1 MP photo two to three times over).
         pieces: list[bytes] = []
         size = 0
         async for piece in resp.content.iter_any():

@@ -6,7 +6,8 @@ pass on the CPU loses about 15% (measured: 1.7 of 2 cores busy instead of 2.0). 
 that ran open_clip's ToTensor/Normalize each started such a team. Done here in numpy with the same
 float32 operations in the same order (x / 255, then - mean, then / std), the result is bit-identical.
 A byte has 256 values, so those operations run once per value and channel, into a lookup table that
-each pixel then reads: 0.20 ms instead of 0.55 ms for a 224x224 image (and 0.7 ms for torchvision's tail).
+each pixel then reads: the transform of a 224x224 image takes 0.20 ms, 0.58 ms with the arithmetic done
+on every pixel (torchvision's own, on torch's threads: 0.22 ms).
 """
 
 from __future__ import annotations
@@ -54,5 +55,7 @@ class Preprocess:
         pixels = np.asarray(img)
         out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
         for channel in range(3):
-            np.take(self._table[channel], pixels[:, :, channel], out=out[channel])
+            # A byte cannot index past 256 entries: "clip" skips the bounds check and the temporary
+            # buffer that the default mode writes through.
+            np.take(self._table[channel], pixels[:, :, channel], out=out[channel], mode="clip")
         return torch.from_numpy(out)

@@ -83,11 +83,15 @@ def tiny_photos(folder: str, count: int = 8) -> None:
 
 
 def measure(kind: str, clients: int, batch: int, duration: float, settle: bool) -> dict[str, float]:
-    """Start a server, load it with captions or tiny images for `duration` s, return its figures."""
+    """Start a server, load it with captions or tiny images for `duration` s, return its figures.
+
+    The server's other settings (CPU_WORKERS, DOWNLOAD_CONCURRENCY...) come from the environment.
+    """
     port = free_port()
     env = os.environ | {
         "EMBEDDING_HMAC_SECRET": SECRET, "CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": "none", "DEVICE": "cpu",
         "LOG_LEVEL": "warning", "CACHE_MAX_ENTRIES": "0", "ALLOW_PRIVATE_URLS": "1",
+        "MAX_BATCH_SIZE": str(max(16, batch)),  # the default (16) would refuse larger image batches
     }
     args = [sys.executable, "-m", "bench.overhead", "--serve", str(port)] + ([] if settle else ["--no-settle"])
     server = subprocess.Popen(args, env=env)
@@ -96,11 +100,10 @@ def measure(kind: str, clients: int, batch: int, duration: float, settle: bool) 
             tiny_photos(photos)
             wait_healthy(f"http://127.0.0.1:{port}", server, 60)
             before, loop_before = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
-            load = subprocess.run(
-                [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}", "--kind", kind,
-                 "-c", str(clients), "-b", str(batch), "--duration", str(duration), "--photos", photos, "--glob", "*.jpg"],
-                env=env, capture_output=True, text=True, check=True,
-            )
+            command = [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}"]
+            command += ["--kind", kind, "-c", str(clients), "-b", str(batch), "--duration", str(duration)]
+            command += ["--photos", photos, "--glob", "*.jpg"]
+            load = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             cpu, loop_cpu = cpu_seconds(server.pid) - before, cpu_seconds(server.pid, server.pid) - loop_before
     finally:
         stop(server)
@@ -138,12 +141,13 @@ def main() -> None:
         runs["unsettled"] = measure(args.kind, args.clients, args.batch, args.duration, settle=False)
     for name, r in runs.items():
         loop = r["loop_cpu_us_per_item"]
-        print(f"{name:10s} {r['items_per_s']:7.0f} {args.kind}s/s  server CPU {r['server_cpu_us_per_item']:4.0f} us/item"
+        cpu = r["server_cpu_us_per_item"]
+        print(f"{name:10s} {r['items_per_s']:7.0f} {args.kind}s/s  server CPU {cpu:4.0f} us/item"
               f"  event loop {loop:4.0f} us/item (bound {1e6 / max(loop, 1e-9):6.0f}/s)"
               f"  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']:.0f}")
     if args.compare_settle:
         ratio = runs["settled"]["items_per_s"] / runs["unsettled"]["items_per_s"]
-        print(f"settled / unsettled requests/s: {ratio:.2f}")
+        print(f"settled / unsettled {args.kind}s/s: {ratio:.2f}")
 
 
 if __name__ == "__main__":

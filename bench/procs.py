@@ -30,7 +30,7 @@ def wait_healthy(base: str, server: subprocess.Popen[bytes], timeout_s: float) -
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """CPU seconds of process `pid`, or of its thread `tid` (Linux /proc; uvicorn's event loop runs on tid = pid)."""
+    """Return the CPU seconds of process `pid`, or of its thread `tid` (Linux /proc; uvicorn's loop runs on tid = pid)."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
     with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
