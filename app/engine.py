@@ -27,8 +27,10 @@ GATHER_CAP_FACTOR = 8
 INCOMING_WAIT_SHARE = 0.5
 # Weight of the newest forward pass in the running average of forward time.
 FORWARD_EWMA = 0.2
-# A batch holding as many items as the largest of this many recent waves (items submitted between two
-# dispatches) goes at once instead of waiting out ENGINE_MAX_WAIT_MS: every client is already in it.
+# A batch holding items of as many callers as the largest of this many recent waves (callers that
+# submitted between two dispatches) goes at once instead of waiting out ENGINE_MAX_WAIT_MS: every
+# client is already in it. Callers, not items: a request of 32 images is one client, and the lone
+# requests after it must not wait for 31 more.
 WAVE_MEMORY = 4
 # One row per payload; an Exception in place of a row fails only that item (see app.model_guard).
 RunBatch = Callable[[list[torch.Tensor]], np.ndarray | Sequence[np.ndarray | Exception]]
@@ -50,6 +52,7 @@ class _Item:
     future: asyncio.Future[np.ndarray]
     deadline: float = math.inf  # time.monotonic() after which the item is not worth computing
     enqueued: float = 0.0
+    caller: object = None  # the same object for every item of one request
 
 
 @dataclass(slots=True)
@@ -83,7 +86,7 @@ class BatchQueue:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._incoming = 0  # items announced by expecting() and not yet submitted
         self._forward_s = 0.0  # running average of one forward pass
-        self._arrived = 0  # items submitted since the last dispatch
+        self._arrived: set[object] = set()  # callers that submitted since the last dispatch
         self._waves: deque[int] = deque(maxlen=WAVE_MEMORY)
         self._idle_since = 0.0  # time.monotonic() when the last forward pass ended
         self.stats = QueueStats()
@@ -111,17 +114,21 @@ class BatchQueue:
             if not item.future.done():
                 item.future.set_exception(Unavailable("the engine is shutting down"))
 
-    async def submit(self, payloads: list[torch.Tensor], deadline: float = math.inf) -> list[np.ndarray]:
+    async def submit(
+        self, payloads: list[torch.Tensor], deadline: float = math.inf, caller: object | None = None
+    ) -> list[np.ndarray]:
         """Queue the payloads together and wait for their vectors, in order.
 
         Items still queued at `deadline` (a time.monotonic() value) fail with Overloaded unrun.
+        Calls that pass the same `caller` count as one client in a wave; by default each call is its own.
         """
         if not self.alive:
             raise Unavailable("the engine is not running")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        items = [_Item(p, loop.create_future(), deadline, now) for p in payloads]
-        self._arrived += len(items)
+        caller = caller if caller is not None else object()
+        items = [_Item(p, loop.create_future(), deadline, now, caller) for p in payloads]
+        self._arrived.add(caller)
         for item in items:
             self._queue.put_nowait(item)
         try:
@@ -141,17 +148,19 @@ class BatchQueue:
 
     async def _gather(self) -> list[_Item]:
         batch = [await self._queue.get()]
+        callers = {batch[0].caller}
         started = time.perf_counter()
         while len(batch) < self._max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+                callers.add(batch[-1].caller)
                 continue
             wave = min(max(self._waves, default=0), self._max_batch)
             # Only a batch that the last answers' callers have begun to refill: items queued while the
             # model was busy are another group, and sending them alone would keep the groups apart.
             fresh = batch[-1].enqueued >= self._idle_since
-            if not self._incoming and wave and len(batch) >= wave and fresh:
-                break  # as many as any recent wave brought, none announced: waiting would only idle the model
+            if not self._incoming and wave and len(callers) >= wave and fresh:
+                break  # as many callers as any recent wave brought, none announced: waiting would only idle the model
             # The queue ran dry: wait briefly for the next item (a full batch is never held back).
             # Each arrival re-arms the wait, up to a cap. While announced items are still being
             # prepared, keep waiting for them, up to a share of a forward pass: a batch split in two
@@ -165,14 +174,15 @@ class BatchQueue:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), budget))
+                callers.add(batch[-1].caller)
             except TimeoutError:
                 # An item can land as the wait times out: it is taken at the top of the loop.
                 waited = time.perf_counter() - started
-                short = len(batch) < wave and waited < INCOMING_WAIT_SHARE * self._forward_s
+                short = len(callers) < wave and waited < INCOMING_WAIT_SHARE * self._forward_s
                 if not self._incoming and not short and self._queue.empty():
                     break
-        self._waves.append(self._arrived)
-        self._arrived = 0
+        self._waves.append(len(self._arrived))
+        self._arrived.clear()
         return self._live(batch)
 
     def _live(self, batch: list[_Item]) -> list[_Item]:

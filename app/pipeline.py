@@ -95,11 +95,11 @@ class EmbeddingPipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._lookup_or_decode, data)
 
-    async def _compute(self, prepared: _Prepared, deadline: float) -> np.ndarray:
+    async def _compute(self, prepared: _Prepared, deadline: float, caller: object | None = None) -> np.ndarray:
         if prepared.vector is not None:
             return prepared.vector
         assert prepared.pixels is not None
-        (vector,) = await self._engine.images.submit([prepared.pixels], deadline)
+        (vector,) = await self._engine.images.submit([prepared.pixels], deadline, caller)
         if prepared.key is not None and self._cache is not None:
             self._cache.put(prepared.key, vector)
         return vector
@@ -124,9 +124,12 @@ class EmbeddingPipeline:
             with self._engine.images.expecting(len(urls)):
                 prepared = await asyncio.gather(*(self._prepare(u) for u in urls), return_exceptions=True)
             _raise_unexpected(prepared)
-            # All submissions start in the same loop turn, so they reach the engine's queue together.
+            # All submissions start in the same loop turn, so they reach the engine's queue together,
+            # and as one caller: the engine's waves count requests, not images.
+            caller = object()
             computed = await asyncio.gather(
-                *(self._compute(p, deadline) for p in prepared if isinstance(p, _Prepared)), return_exceptions=True
+                *(self._compute(p, deadline, caller) for p in prepared if isinstance(p, _Prepared)),
+                return_exceptions=True,
             )
             _raise_unexpected(computed)
         vectors = iter(computed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -242,6 +243,26 @@ async def test_engine_waits_past_the_quiet_window_for_the_rest_of_a_recent_wave(
     assert model.text_batches == batches
 
 
+@pytest.mark.parametrize(("one_request", "batches"), [(True, [4, 1, 1]), (False, [4, 2])],
+                         ids=["four-items-one-request", "four-clients"])
+async def test_engine_counts_a_wave_in_callers_not_items(one_request, batches):
+    model = FakeEmbedder(t0=0.4)
+    engine = Engine(model, max_batch=64, max_wait_ms=20)  # 160 ms cap
+    engine.start()
+    try:
+        caller = object() if one_request else None
+        await asyncio.gather(*(engine.texts.submit([torch.zeros(8)], caller=caller) for _ in range(4)))
+        # A lone request, then another 60 ms later: past the 20 ms quiet window, within the cap and half
+        # a forward pass (200 ms). After one request of four items, a lone one is a complete wave and
+        # goes at once; after four clients, it waits for the others, and the next one joins it.
+        first = asyncio.create_task(engine.texts.submit([torch.zeros(8)]))
+        await asyncio.sleep(0.06)
+        await asyncio.gather(first, engine.texts.submit([torch.ones(8)]))
+    finally:
+        await engine.stop()
+    assert model.text_batches == batches
+
+
 @pytest.mark.parametrize(("announced", "batches"), [(True, [3]), (False, [1, 2])])
 async def test_engine_waits_past_the_cap_for_items_announced_as_being_prepared(announced, batches):
     model = FakeEmbedder(t0=0.4)
@@ -297,3 +318,20 @@ def test_http_requests_still_downloading_join_the_batch_of_those_ready(image_ser
             answers = list(pool.map(lambda u: call(svc.base, "/v1/embed/image", {"image_url": u}), urls))
     assert [status for status, _, _ in answers] == [200, 200, 200]
     assert model.image_batches == [1, 3]
+
+
+def test_http_single_images_after_a_batch_request_are_not_held_for_its_size(image_server):
+    # One request of four images is one client: the lone requests after it go at once, not after
+    # waiting (up to the 160 ms cap here) for three more clients that are not coming.
+    model = FakeEmbedder(t0=0.4)
+    with run_service(tiny_settings(engine_max_wait_ms=20), embedder_factory=lambda s: model) as svc:
+        urls = [image_server.url(f"img/photo{i}.jpg") for i in range(4)]
+        status, _, _ = call(svc.base, "/v1/embed/image-batch", {"image_urls": urls})
+        with ThreadPoolExecutor(2) as pool:
+            # Photos the batch did not hold, or the embedding cache would answer them.
+            first = pool.submit(call, svc.base, "/v1/embed/image", {"image_url": image_server.url("img/photo4.jpg")})
+            time.sleep(0.06)
+            second = pool.submit(call, svc.base, "/v1/embed/image", {"image_url": image_server.url("img/photo5.jpg")})
+            answers = [first.result(), second.result()]
+    assert [status] + [a[0] for a in answers] == [200, 200, 200]
+    assert model.image_batches == [4, 1, 1]
