@@ -148,18 +148,17 @@ class BatchQueue:
 
     async def _gather(self) -> list[_Item]:
         batch = [await self._queue.get()]
-        callers = {batch[0].caller}
         started = time.perf_counter()
         while len(batch) < self._max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-                callers.add(batch[-1].caller)
                 continue
             wave = min(max(self._waves, default=0), self._max_batch)
+            callers = len({item.caller for item in batch})
             # Only a batch that the last answers' callers have begun to refill: items queued while the
             # model was busy are another group, and sending them alone would keep the groups apart.
             fresh = batch[-1].enqueued >= self._idle_since
-            if not self._incoming and wave and len(callers) >= wave and fresh:
+            if not self._incoming and wave and callers >= wave and fresh:
                 break  # as many callers as any recent wave brought, none announced: waiting would only idle the model
             # The queue ran dry: wait briefly for the next item (a full batch is never held back).
             # Each arrival re-arms the wait, up to a cap. While announced items are still being
@@ -174,11 +173,10 @@ class BatchQueue:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), budget))
-                callers.add(batch[-1].caller)
             except TimeoutError:
                 # An item can land as the wait times out: it is taken at the top of the loop.
                 waited = time.perf_counter() - started
-                short = len(callers) < wave and waited < INCOMING_WAIT_SHARE * self._forward_s
+                short = callers < wave and waited < INCOMING_WAIT_SHARE * self._forward_s
                 if not self._incoming and not short and self._queue.empty():
                     break
         self._waves.append(len(self._arrived))
