@@ -39,6 +39,7 @@ class Preprocess:
             mean = np.asarray(norm.mean, dtype=np.float32).reshape(-1, 1)
             std = np.asarray(norm.std, dtype=np.float32).reshape(-1, 1)
             values = np.arange(256, dtype=np.float32).reshape(1, -1)
+            # A one-value mean and std apply to all three channels, as in torchvision.
             self._table = np.broadcast_to((values / np.float32(255.0) - mean) / std, (3, 256)).copy()
 
     @property
