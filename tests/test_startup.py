@@ -51,3 +51,14 @@ def test_server_refuses_bad_setting_with_message(name, value, expected):
     proc = subprocess.run([sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "10000"), ("777", "777")])
+def test_server_sets_openmp_spin_count_before_torch_loads(given, expected):
+    # libgomp prints the settings it read at load with OMP_DISPLAY_ENV=verbose: what it saw, not os.environ.
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | {"OMP_DISPLAY_ENV": "verbose"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    proc = subprocess.run([sys.executable, "-c", "import app.__main__"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"GOMP_SPINCOUNT = '{expected}'" in proc.stderr
