@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import open_clip
@@ -79,3 +82,24 @@ def test_pack_blocks_swaps_blocks_when_the_check_holds(reference):
     tokens = open_clip.get_tokenizer("clip-tiny")(["a dog"])
     with torch.inference_mode():
         np.testing.assert_allclose(model.encode_text(tokens), reference.encode_text(tokens), atol=1e-5)
+
+
+_HEAP_SCRIPT = """
+import os
+from app.cpu_kernels import _return_freed_memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+blocks = [bytearray(64 * 1024) for _ in range(2048)]  # 128 MB of heap chunks, below glibc's mmap threshold
+guard = bytearray(64 * 1024)  # above them, so that freeing them cannot shrink the heap from its top
+del blocks
+before = rss()
+_return_freed_memory()
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_return_freed_memory_hands_freed_heap_pages_back_to_the_os():
+    # A fresh interpreter: the test process's heap holds whatever earlier tests left in it.
+    proc = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT], capture_output=True, text=True, timeout=120, check=True)
+    assert int(proc.stdout) > 96 * 1024 * 1024
