@@ -1,0 +1,149 @@
+"""Where the time goes between two forward passes under closed-loop caption load (C clients x 1 text).
+
+Starts the real app on the real model (ViT-B-32, random weights) as `python -m app` would, with two
+probes that change nothing: the model seam wraps the embedder to time each text forward, and an ASGI
+wrapper notes when each request reaches the app. Runs `bench.load --kind text` against it, then prints,
+per cycle (the end of one forward to the start of the next), the medians and p10/p90 of: the first
+and the last request arrival after the forward, the start of the next forward, the forward itself,
+and its batch size. What lies between the end of a forward and the next is what the forward cannot
+overlap: the answers going out, the next requests coming in (HTTP on both sides), the engine's waits.
+127.0.0.1 only; prints figures, asserts nothing.
+
+Usage: python -m bench.cycle [--clients 16] [--duration 20] [--model ViT-B-32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from bench.procs import free_port, stop, wait_healthy
+
+SECRET = "bench-cycle-secret"
+
+
+def serve(port: int, out: str) -> None:
+    """Run the app with the two probes (the child process); write the events to `out` on SIGTERM."""
+    import app.__main__  # noqa: F401  (first: it sets what `python -m app` sets before torch loads)
+
+    import signal
+    import time
+
+    import uvicorn
+    from starlette.types import Receive, Scope, Send
+
+    from app.heap import settle_heap
+    from app.logs import configure_logging
+    import numpy as np
+    import torch
+
+    from app.main import create_app, load_clip
+    from app.model import Embedder
+    from app.settings import Settings
+
+    events: list[tuple[str, float, int]] = []
+    now = time.perf_counter
+
+    class Timed:
+        """The real embedder; its text forwards are timed."""
+
+        def __init__(self, inner: Embedder) -> None:
+            self._inner = inner
+            self.info = inner.info
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+        def encode_texts(self, tokens: list[torch.Tensor]) -> np.ndarray:
+            events.append(("start", now(), len(tokens)))
+            try:
+                return self._inner.encode_texts(tokens)
+            finally:
+                events.append(("end", now(), 0))
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings, embedder_factory=lambda s: Timed(load_clip(s)), on_ready=settle_heap)
+
+    async def probed(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/embed/text":
+            events.append(("arrival", now(), 0))
+        await app(scope, receive, send)
+
+    def dump(*_: object) -> None:
+        with open(out, "w") as f:
+            json.dump(events, f)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    uvicorn.run(probed, host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+def cycles(events: list[list]) -> list[dict[str, float]]:
+    """Split the events at each forward's end; return one row per complete cycle, in ms from that end."""
+    ends = [i for i, e in enumerate(events) if e[0] == "end"]
+    rows = []
+    for a, b in zip(ends, ends[1:]):
+        end = events[a][1]
+        between = events[a + 1 : b]
+        arrivals = [e[1] for e in between if e[0] == "arrival"]
+        start = next((e for e in between if e[0] == "start"), None)
+        if not arrivals or start is None:
+            continue
+        rows.append({
+            "first arrival": (arrivals[0] - end) * 1e3,
+            "last arrival": (arrivals[-1] - end) * 1e3,
+            "next forward": (start[1] - end) * 1e3,
+            "forward": (events[b][1] - start[1]) * 1e3,
+            "batch": float(start[2]),
+        })
+    return rows[len(rows) // 10 :]  # the first tenth: start-up, clients not yet in step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.out)
+        return
+    if not 1 <= args.clients <= 256 or not 1 <= args.duration <= 600:
+        raise SystemExit("clients must be 1..256 and duration 1..600 s")
+    port = free_port()
+    env = os.environ | {
+        "EMBEDDING_HMAC_SECRET": SECRET, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": "none", "DEVICE": "cpu",
+        "LOG_LEVEL": "warning", "CACHE_MAX_ENTRIES": "0",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "events.json")
+        server = subprocess.Popen([sys.executable, "-m", "bench.cycle", "--serve", str(port), "--out", out], env=env)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", server, 300)
+            command = [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}",
+                       "--kind", "text", "-c", str(args.clients), "--duration", str(args.duration)]
+            load = json.loads(subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout)
+        finally:
+            stop(server)
+        with open(out) as f:
+            rows = cycles(json.load(f))
+    print(f"{args.clients} clients x 1 caption, {args.duration:.0f} s: {load['items_per_s']:.1f} texts/s, "
+          f"p50 {load['p50_ms']:.0f} ms, errors {sum(load['errors'].values())}; {len(rows)} cycles")
+    print("ms after the end of a forward   median    p10    p90")
+    for name in ("first arrival", "last arrival", "next forward", "forward", "batch"):
+        values = sorted(r[name] for r in rows)
+        if values:
+            p10, p90 = values[len(values) // 10], values[len(values) * 9 // 10]
+            print(f"{name:30s} {statistics.median(values):7.2f} {p10:6.2f} {p90:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
