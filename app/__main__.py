@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 
 # libgomp reads this once, as torch loads it, so it is set before any import that loads torch. Its
-# default (300,000 spins) keeps torch's OpenMP threads spinning on the cores for milliseconds after
-# every forward pass, while the event loop and the decode threads need them: traces of 16 caption
-# clients on 2 cores put the next batch's first request 2.6 ms after a forward instead of 4.8-5.3 ms,
-# and the whole gap between two forwards at 7.5-7.7 ms instead of 9.9-11.1 ms. The forward itself
-# did not slow (bench.limit, 2 interleaved pairs). A value in the environment wins.
+# default (300,000 spins) keeps torch's idle OpenMP threads on the cores for milliseconds after every
+# forward pass, just when the event loop and the decode threads need them: under 16 caption clients on
+# 2 cores the next forward started 7.5 ms after the last one instead of 10.4-10.8 ms (python -m
+# bench.cycle; README, Throughput). A value in the environment wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import sys  # noqa: E402
