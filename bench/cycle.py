@@ -7,7 +7,9 @@ per cycle (the end of one forward to the start of the next), the medians and p10
 and the last request arrival after the forward, the start of the next forward, the forward itself,
 and its batch size. What lies between the end of a forward and the next is what the forward cannot
 overlap: the answers going out, the next requests coming in (HTTP on both sides), the engine's waits.
-127.0.0.1 only; prints figures, asserts nothing.
+127.0.0.1 only; prints figures, asserts nothing. The server gets this process's environment: e.g.
+`GOMP_SPINCOUNT=300000 python -m bench.cycle` runs it with libgomp's default instead of what
+`python -m app` sets.
 
 Usage: python -m bench.cycle [--clients 16] [--duration 20] [--model ViT-B-32]
 """
@@ -28,20 +30,18 @@ SECRET = "bench-cycle-secret"
 
 
 def serve(port: int, out: str) -> None:
-    """Run the app with the two probes (the child process); write the events to `out` on SIGTERM."""
+    """Run the app with the two probes (the child process); write the events to `out` as it shuts down."""
     import app.__main__  # noqa: F401  (first: it sets what `python -m app` sets before torch loads)
 
-    import signal
     import time
 
+    import numpy as np
+    import torch
     import uvicorn
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Message, Receive, Scope, Send
 
     from app.heap import settle_heap
     from app.logs import configure_logging
-    import numpy as np
-    import torch
-
     from app.main import create_app, load_clip
     from app.model import Embedder
     from app.settings import Settings
@@ -66,34 +66,48 @@ def serve(port: int, out: str) -> None:
             finally:
                 events.append(("end", now(), 0))
 
+    def fatal(reason: str) -> None:
+        print(f"bench.cycle: the app failed to start: {reason}", file=sys.stderr)
+        os._exit(1)  # the parent sees the child gone instead of waiting for /health
+
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, embedder_factory=lambda s: Timed(load_clip(s)), on_ready=settle_heap)
+    app = create_app(settings, embedder_factory=lambda s: Timed(load_clip(s)), on_ready=settle_heap, on_fatal=fatal)
 
     async def probed(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/embed/text":
             events.append(("arrival", now(), 0))
-        await app(scope, receive, send)
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
 
-    def dump(*_: object) -> None:
-        with open(out, "w") as f:
-            json.dump(events, f)
-        os._exit(0)
+        async def send_then_dump(message: Message) -> None:
+            # The app has shut down (uvicorn's SIGTERM handling): the events are complete.
+            if message["type"] == "lifespan.shutdown.complete":
+                with open(out, "w") as f:
+                    json.dump(events, f)
+            await send(message)
 
-    signal.signal(signal.SIGTERM, dump)
+        await app(scope, receive, send_then_dump)
+
     uvicorn.run(probed, host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 
 def cycles(events: list[list]) -> list[dict[str, float]]:
-    """Split the events at each forward's end; return one row per complete cycle, in ms from that end."""
+    """Split the events at each forward's end; return one row per complete cycle, in ms from that end.
+
+    A cycle's arrivals are those before the next forward starts: later ones belong to the batch after.
+    """
     ends = [i for i, e in enumerate(events) if e[0] == "end"]
     rows = []
     for a, b in zip(ends, ends[1:]):
         end = events[a][1]
         between = events[a + 1 : b]
-        arrivals = [e[1] for e in between if e[0] == "arrival"]
         start = next((e for e in between if e[0] == "start"), None)
-        if not arrivals or start is None:
+        if start is None:
+            continue
+        arrivals = [e[1] for e in between if e[0] == "arrival" and e[1] < start[1]]
+        if not arrivals:
             continue
         rows.append({
             "first arrival": (arrivals[0] - end) * 1e3,
@@ -130,9 +144,11 @@ def main() -> None:
             wait_healthy(f"http://127.0.0.1:{port}", server, 300)
             command = [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}",
                        "--kind", "text", "-c", str(args.clients), "--duration", str(args.duration)]
-            load = json.loads(subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout)
+            load = json.loads(subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout)
         finally:
             stop(server)
+        if not os.path.exists(out):
+            raise SystemExit(f"the server did not write its events (exit code {server.returncode}); load: {load}")
         with open(out) as f:
             rows = cycles(json.load(f))
     print(f"{args.clients} clients x 1 caption, {args.duration:.0f} s: {load['items_per_s']:.1f} texts/s, "
