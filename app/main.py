@@ -11,11 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.body import with_request_schemas
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
 from app.api.observe import ObserveMiddleware
 from app.api.ops import router as ops_router
-from app.api.routes import router
+from app.api.routes import SIGNED_BODIES, router
 from app.download import ImageFetcher, make_session
 from app.engine import Engine, model_executor
 from app.lifecycle import Lifecycle
@@ -165,6 +166,7 @@ def create_app(
     app.include_router(router)
     app.include_router(ops_router)
     app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer
+    with_request_schemas(app, SIGNED_BODIES)
     return app
 
 

@@ -172,7 +172,10 @@ def http_get(service: RunningService, path: str) -> tuple[int, str]:
 @pytest.mark.parametrize("path", ["/v1/embed/image", "/v1/embed/image-batch", "/v1/embed/text"])
 def test_openapi_documents_each_signed_body_and_its_headers(service, path):
     _, text = http_get(service, "/openapi.json")
-    operation = json.loads(text)["paths"][path]["post"]
-    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    document = json.loads(text)
+    operation = document["paths"][path]["post"]
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = document["components"]["schemas"][ref.removeprefix("#/components/schemas/")]
+    assert schema["title"].startswith("Embed") and schema["title"].endswith("Request")
     assert schema["additionalProperties"] is False and schema["required"]
     assert [p["name"] for p in operation["parameters"] if p["in"] == "header"] == ["X-Timestamp", "X-Signature", "X-Nonce"]

@@ -8,9 +8,10 @@ costs. pydantic validates the raw bytes in one call instead; the errors still go
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
@@ -20,6 +21,7 @@ from app.security import AuthHeaders
 
 M = TypeVar("M", bound=BaseModel)
 
+_REF = "#/components/schemas/{model}"
 _SIGNATURE_HEADERS = (
     ("X-Timestamp", "Unix seconds when the request was signed."),
     ("X-Signature", "Hex HMAC-SHA256 of the request (see the README, Security)."),
@@ -51,7 +53,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 
 def signed_json_operation(model: type[BaseModel]) -> dict[str, object]:
-    """Return the OpenAPI entries of a signed endpoint whose JSON body is `model`."""
+    """Return the OpenAPI entries of a signed endpoint whose JSON body is `model` (see with_request_schemas)."""
     return {
         "parameters": [
             {"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": text}
@@ -59,6 +61,26 @@ def signed_json_operation(model: type[BaseModel]) -> dict[str, object]:
         ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}},
         },
     }
+
+
+def with_request_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Make the app's OpenAPI document list `models` under components/schemas, where their $refs point.
+
+    FastAPI lists only the models of the parameters it parses itself; these bodies are parsed by the
+    endpoints (see above), so a generated client would otherwise find no named type for them.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = build().setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template=_REF)
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document

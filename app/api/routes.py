@@ -24,6 +24,8 @@ from app.schemas import (
 from app.services import Status
 
 router = APIRouter()
+# The signed endpoints' bodies, listed in the OpenAPI document's components (app.api.body.with_request_schemas).
+SIGNED_BODIES = (EmbedImageRequest, EmbedImageBatchRequest, EmbedTextRequest)
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 413, 422, 502, 503, 504)
 }
