@@ -57,7 +57,9 @@ def test_server_refuses_bad_setting_with_message(name, value, expected):
 
 def _torch_bundles_libgomp() -> bool:
     spec = importlib.util.find_spec("torch")
-    return spec is not None and spec.origin is not None and bool(glob.glob(os.path.join(os.path.dirname(spec.origin), "lib", "libgomp*")))
+    if spec is None or spec.origin is None:
+        return False
+    return bool(glob.glob(os.path.join(os.path.dirname(spec.origin), "lib", "libgomp*")))
 
 
 @pytest.mark.skipif(not _torch_bundles_libgomp(), reason="this torch build does not use GNU OpenMP")
@@ -67,6 +69,7 @@ def test_server_sets_openmp_spin_count_before_torch_loads(given, expected):
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | {"OMP_DISPLAY_ENV": "verbose"}
     if given is not None:
         env["GOMP_SPINCOUNT"] = given
-    proc = subprocess.run([sys.executable, "-c", "import app.__main__"], env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-c", "import app.__main__"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"GOMP_SPINCOUNT = '{expected}'" in proc.stderr
