@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 IMAGE ?= clip-pod-worker:2.0
 DOCKER_BUILD_ARGS ?=
 
-.PHONY: install run test smoke bench docker-build lint-docker clean
+.PHONY: install run test lint smoke bench docker-build lint-docker clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt constraints.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ install: $(STAMP)
 run: install
 	$(PY) -m app
 
-test: install
+test: lint
 	$(PY) -m pytest
+
+# ruff (lint and format check) and mypy over the service and the client; `make test` runs it first.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 smoke: install
 	$(PY) -m scripts.smoke

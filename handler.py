@@ -15,8 +15,8 @@ import sys
 
 from pydantic import ValidationError
 
+from app.inference.model import ModelLoadError
 from app.legacy import LegacyHandler
-from app.model import ModelLoadError
 from app.settings import Settings
 
 _worker: LegacyHandler | None = None

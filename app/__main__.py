@@ -1,6 +1,6 @@
 """Run the service: `python -m app` (settings from the environment).
 
-SIGTERM/SIGINT drain the service first (see app.lifecycle); the exit code is 0 after a drain,
+SIGTERM/SIGINT drain the service first (see app.ops.lifecycle); the exit code is 0 after a drain,
 1 when the model could not load, 2 on invalid settings.
 """
 
@@ -15,16 +15,16 @@ import os
 # bench.cycle; README, Throughput). A value in the environment wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-import sys  # noqa: E402
+import sys
 
-import uvicorn  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
+import uvicorn
+from pydantic import ValidationError
 
-from app.heap import settle_heap  # noqa: E402
-from app.lifecycle import DrainingServer, Lifecycle  # noqa: E402
-from app.logs import configure_logging  # noqa: E402
-from app.main import create_app  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.main import create_app
+from app.ops.heap import settle_heap
+from app.ops.lifecycle import DrainingServer, Lifecycle
+from app.ops.logs import configure_logging
+from app.settings import Settings
 
 
 def _settings_or_exit() -> Settings:

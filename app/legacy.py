@@ -3,7 +3,7 @@
 Signed with the legacy message `image_url|timestamp` (`clip_client.signing.legacy_message`), any
 of the comma-separated EMBEDDING_HMAC_SECRET keys accepted, timestamps within AUTH_MAX_SKEW_S.
 There is no nonce in the legacy scheme, so no replay protection beyond the timestamp window.
-Download, decode and the model are the service's own (`app.download`, `app.images`, `app.model`).
+Download, decode and the model are the service's own (`app.fetch.download`, `app.inference.decode`, `app.inference.model`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from collections.abc import Callable
 
 import aiohttp
 import numpy as np
-
-from app.download import ImageFetcher, make_session
-from app.errors import InvalidRequest, ServiceError, Unauthorized
-from app.images import decode_image
-from app.model import ClipEmbedder, Embedder
-from app.settings import Settings
-from app.urlguard import GuardedResolver, make_guard
 from clip_client.signing import legacy_message, signature_matches
+
+from app.errors import InvalidRequest, ServiceError, Unauthorized
+from app.fetch.download import ImageFetcher, make_session
+from app.fetch.urlguard import GuardedResolver, make_guard
+from app.inference.decode import decode_image
+from app.inference.model import ClipEmbedder, Embedder
+from app.settings import Settings
 
 log = logging.getLogger("app.legacy")
 
@@ -88,13 +88,14 @@ class LegacyHandler:
         well_formed = isinstance(timestamp, int | str) and not isinstance(timestamp, bool)
         if not well_formed or not _TIMESTAMP_RE.fullmatch(str(timestamp)):
             raise Unauthorized(_UNAUTHORIZED)
+        timestamp = str(timestamp)
         if abs(int(self._clock()) - int(timestamp)) > self._settings.auth_max_skew_s:
             raise Unauthorized(_UNAUTHORIZED)
         if not isinstance(signature, str) or not _SIGNATURE_RE.fullmatch(signature):
             raise Unauthorized(_UNAUTHORIZED)
         message = legacy_message(image_url, timestamp)
         # Check every key so the time taken does not say which one matched.
-        if not any([signature_matches(key, message, signature) for key in self._keys]):
+        if not any([signature_matches(key, message, signature) for key in self._keys]):  # noqa: C419
             raise Unauthorized(_UNAUTHORIZED)
         return image_url
 

@@ -17,16 +17,16 @@ from app.api.limits import BodyLimitMiddleware
 from app.api.observe import ObserveMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import SIGNED_BODIES, router
-from app.download import ImageFetcher, make_session
-from app.engine import Engine, model_executor
-from app.lifecycle import Lifecycle
-from app.model import ClipEmbedder, Embedder, ModelLoadError, resolve_device
-from app.model_guard import GuardedEmbedder
+from app.auth.verify import MemoryNonceStore, RequestVerifier
+from app.fetch.download import ImageFetcher, make_session
+from app.fetch.urlguard import GuardedResolver, Lookup, make_guard, system_lookup
+from app.inference.engine import Engine, model_executor
+from app.inference.model import ClipEmbedder, Embedder, ModelLoadError, resolve_device
+from app.inference.model_guard import GuardedEmbedder
+from app.ops.lifecycle import Lifecycle
 from app.pipeline import EmbeddingPipeline
-from app.security import MemoryNonceStore, RequestVerifier
 from app.services import Services, Status
 from app.settings import Settings
-from app.urlguard import GuardedResolver, Lookup, make_guard, system_lookup
 
 log = logging.getLogger("app")
 
@@ -106,10 +106,9 @@ def create_app(
                 _fail(services, f"model failed to load: {type(exc).__name__}: {exc}", on_fatal)
                 return
             services.load_seconds = time.perf_counter() - started
-            embedder = GuardedEmbedder(embedder, services.metrics)
             max_batch = settings.resolved_engine_max_batch(embedder.info.device)
             engine = Engine(
-                embedder,
+                GuardedEmbedder(embedder, services.metrics),
                 max_batch=max_batch,
                 max_wait_ms=settings.engine_max_wait_ms,
                 observer=services.metrics,
@@ -139,8 +138,14 @@ def create_app(
                     return
             services.mark_ready()
             info = embedder.info
-            log.info("model %s ready on %s (%s, dim %d, %s kernels)", info.model, info.device, info.dtype,
-                     info.dim, info.kernels)
+            log.info(
+                "model %s ready on %s (%s, dim %d, %s kernels)",
+                info.model,
+                info.device,
+                info.dtype,
+                info.dim,
+                info.kernels,
+            )
 
         loader = asyncio.create_task(load(), name="model-loader")
         try:

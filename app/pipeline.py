@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.admission import Admission
-from app.cache import EmbeddingCache, image_key, text_key
-from app.download import ImageFetcher
-from app.engine import Engine
 from app.errors import ServiceError
-from app.images import decode_image
-from app.metrics import Metrics
-from app.model import Embedder
+from app.fetch.download import ImageFetcher
+from app.inference.cache import EmbeddingCache, image_key, text_key
+from app.inference.decode import decode_image
+from app.inference.engine import Engine
+from app.inference.model import Embedder
+from app.ops.admission import Admission
+from app.ops.metrics import Metrics
 
 ItemResult = np.ndarray | ServiceError
 # Texts up to this many characters are tokenised on the event loop: a caption takes ~0.07 ms and the

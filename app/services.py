@@ -9,13 +9,13 @@ from enum import StrEnum
 import torch
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from app.admission import Admission, RequestTracker
-from app.cache import EmbeddingCache
-from app.engine import Engine
-from app.metrics import Metrics, gauge, labelled_gauge
-from app.model import ModelInfo
+from app.auth.verify import RequestVerifier
+from app.inference.cache import EmbeddingCache
+from app.inference.engine import Engine
+from app.inference.model import ModelInfo
+from app.ops.admission import Admission, RequestTracker
+from app.ops.metrics import Metrics, gauge, labelled_gauge
 from app.pipeline import EmbeddingPipeline
-from app.security import RequestVerifier
 from app.settings import Settings
 
 DRAINING_REASON = "draining: the server is shutting down"
@@ -71,8 +71,11 @@ class Services:
 
     def gauges(self) -> Iterator[Metric]:
         """Yield the metrics read at scrape time: readiness, queues, cache, model, GPU memory."""
-        yield gauge("clip_ready", "1 while /health answers 200 (model warm, engine alive, not draining)",
-                    1.0 if self.ready() is not None else 0.0)
+        yield gauge(
+            "clip_ready",
+            "1 while /health answers 200 (model warm, engine alive, not draining)",
+            1.0 if self.ready() is not None else 0.0,
+        )
         yield gauge("clip_requests_in_flight", "/v1 requests being answered", self.requests.count)
         yield gauge("clip_admitted_items", "Images and texts admitted and not yet answered", self.admission.current)
         yield gauge("clip_admitted_items_limit", "MAX_QUEUED_ITEMS", self.admission.limit)
@@ -95,6 +98,11 @@ def _model_gauges(info: ModelInfo) -> Iterator[Metric]:
     yield family
     if info.device.startswith("cuda") and torch.cuda.is_available():
         device = torch.device(info.device)
-        yield gauge("clip_gpu_memory_allocated_bytes", "GPU memory held by tensors", torch.cuda.memory_allocated(device))
-        yield gauge("clip_gpu_memory_reserved_bytes", "GPU memory reserved by PyTorch's caching allocator",
-                    torch.cuda.memory_reserved(device))
+        yield gauge(
+            "clip_gpu_memory_allocated_bytes", "GPU memory held by tensors", torch.cuda.memory_allocated(device)
+        )
+        yield gauge(
+            "clip_gpu_memory_reserved_bytes",
+            "GPU memory reserved by PyTorch's caching allocator",
+            torch.cuda.memory_reserved(device),
+        )

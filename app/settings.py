@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def hmac_keys(self) -> tuple[str, ...]:
+        """Return the accepted signing secrets: EMBEDDING_HMAC_SECRET split at commas, blanks dropped."""
+        if self.embedding_hmac_secret is None:
+            return ()
+        return tuple(k.strip() for k in self.embedding_hmac_secret.get_secret_value().split(",") if k.strip())
+
+    @property
     def random_weights(self) -> bool:
         """Say whether the model runs with random weights (CLIP_PRETRAINED=none)."""
         return self.clip_pretrained.strip().lower() in {"none", ""}

@@ -17,6 +17,7 @@ Usage: python -m bench.cycle [--clients 16] [--duration 20] [--model ViT-B-32]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -31,8 +32,6 @@ SECRET = "bench-cycle-secret"
 
 def serve(port: int, out: str) -> None:
     """Run the app with the two probes (the child process); write the events to `out` as it shuts down."""
-    import app.__main__  # noqa: F401  (first: it sets what `python -m app` sets before torch loads)
-
     import time
 
     import numpy as np
@@ -40,10 +39,11 @@ def serve(port: int, out: str) -> None:
     import uvicorn
     from starlette.types import Message, Receive, Scope, Send
 
-    from app.heap import settle_heap
-    from app.logs import configure_logging
+    import app.__main__
+    from app.inference.model import Embedder
     from app.main import create_app, load_clip
-    from app.model import Embedder
+    from app.ops.heap import settle_heap
+    from app.ops.logs import configure_logging
     from app.settings import Settings
 
     events: list[tuple[str, float, int]] = []
@@ -84,7 +84,8 @@ def serve(port: int, out: str) -> None:
         async def send_then_dump(message: Message) -> None:
             # The app has shut down (uvicorn's SIGTERM handling): the events are complete.
             if message["type"] == "lifespan.shutdown.complete":
-                with open(out, "w") as f:
+                # Once, at shutdown: blocking the loop here costs nothing.
+                with open(out, "w") as f:  # noqa: ASYNC230
                     json.dump(events, f)
             await send(message)
 
@@ -100,7 +101,7 @@ def cycles(events: list[list]) -> list[dict[str, float]]:
     """
     ends = [i for i, e in enumerate(events) if e[0] == "end"]
     rows = []
-    for a, b in zip(ends, ends[1:]):
+    for a, b in itertools.pairwise(ends):
         end = events[a][1]
         between = events[a + 1 : b]
         start = next((e for e in between if e[0] == "start"), None)
@@ -109,13 +110,15 @@ def cycles(events: list[list]) -> list[dict[str, float]]:
         arrivals = [e[1] for e in between if e[0] == "arrival" and e[1] < start[1]]
         if not arrivals:
             continue
-        rows.append({
-            "first arrival": (arrivals[0] - end) * 1e3,
-            "last arrival": (arrivals[-1] - end) * 1e3,
-            "next forward": (start[1] - end) * 1e3,
-            "forward": (events[b][1] - start[1]) * 1e3,
-            "batch": float(start[2]),
-        })
+        rows.append(
+            {
+                "first arrival": (arrivals[0] - end) * 1e3,
+                "last arrival": (arrivals[-1] - end) * 1e3,
+                "next forward": (start[1] - end) * 1e3,
+                "forward": (events[b][1] - start[1]) * 1e3,
+                "batch": float(start[2]),
+            }
+        )
     return rows[len(rows) // 10 :]  # the first tenth: start-up, clients not yet in step
 
 
@@ -134,16 +137,32 @@ def main() -> None:
         raise SystemExit("clients must be 1..256 and duration 1..600 s")
     port = free_port()
     env = os.environ | {
-        "EMBEDDING_HMAC_SECRET": SECRET, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": "none", "DEVICE": "cpu",
-        "LOG_LEVEL": "warning", "CACHE_MAX_ENTRIES": "0",
+        "EMBEDDING_HMAC_SECRET": SECRET,
+        "CLIP_MODEL": args.model,
+        "CLIP_PRETRAINED": "none",
+        "DEVICE": "cpu",
+        "LOG_LEVEL": "warning",
+        "CACHE_MAX_ENTRIES": "0",
     }
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "events.json")
         server = subprocess.Popen([sys.executable, "-m", "bench.cycle", "--serve", str(port), "--out", out], env=env)
         try:
             wait_healthy(f"http://127.0.0.1:{port}", server, 300)
-            command = [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}",
-                       "--kind", "text", "-c", str(args.clients), "--duration", str(args.duration)]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.load",
+                "--json",
+                "--server",
+                f"http://127.0.0.1:{port}",
+                "--kind",
+                "text",
+                "-c",
+                str(args.clients),
+                "--duration",
+                str(args.duration),
+            ]
             load = json.loads(subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout)
         finally:
             stop(server)
@@ -151,8 +170,10 @@ def main() -> None:
             raise SystemExit(f"the server did not write its events (exit code {server.returncode}); load: {load}")
         with open(out) as f:
             rows = cycles(json.load(f))
-    print(f"{args.clients} clients x 1 caption, {args.duration:.0f} s: {load['items_per_s']:.1f} texts/s, "
-          f"p50 {load['p50_ms']:.0f} ms, errors {sum(load['errors'].values())}; {len(rows)} cycles")
+    print(
+        f"{args.clients} clients x 1 caption, {args.duration:.0f} s: {load['items_per_s']:.1f} texts/s, "
+        f"p50 {load['p50_ms']:.0f} ms, errors {sum(load['errors'].values())}; {len(rows)} cycles"
+    )
     print("ms after the end of a forward   median    p10    p90")
     for name in ("first arrival", "last arrival", "next forward", "forward", "batch"):
         values = sorted(r[name] for r in rows)

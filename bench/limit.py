@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import torch
 
-from app.images import decode_image
-from app.model import ClipEmbedder
+from app.inference.decode import decode_image
+from app.inference.model import ClipEmbedder
 
 CAPTIONS = [
     "a photo of a cat on a sofa",
@@ -83,8 +83,11 @@ def main() -> None:
     parser.add_argument("--decode-repeats", type=int, default=3)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the image tower (fixed batch sizes)")
-    parser.add_argument("--torch-kernels", action="store_true",
-                        help="keep torch's own linear layers on CPU (the server's CPU_PACKED_LINEAR=0)")
+    parser.add_argument(
+        "--torch-kernels",
+        action="store_true",
+        help="keep torch's own linear layers on CPU (the server's CPU_PACKED_LINEAR=0)",
+    )
     parser.add_argument("--no-text", action="store_true")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode costs per photo size")
     parser.add_argument("--json", action="store_true")
@@ -92,8 +95,13 @@ def main() -> None:
 
     sizes = [int(x) for x in args.batches.split(",")]
     embedder = ClipEmbedder(
-        args.model, "none", args.device, precision=args.dtype, buckets=tuple(sizes) if args.compile else (),
-        compile=args.compile, packed_linear=not args.torch_kernels,
+        args.model,
+        "none",
+        args.device,
+        precision=args.dtype,
+        buckets=tuple(sizes) if args.compile else (),
+        compile=args.compile,
+        packed_linear=not args.torch_kernels,
     )
     sync = torch.cuda.synchronize if embedder.device.type == "cuda" else (lambda: None)
     hw = embedder.info.image_size
@@ -108,7 +116,7 @@ def main() -> None:
 
     for b in sizes:
         pixels = [torch.randn(3, hw, hw) for _ in range(b)]
-        out[f"image_b{b}_per_s"] = rate(lambda: embedder.encode_images(pixels), b, args.seconds, sync)
+        out[f"image_b{b}_per_s"] = rate(lambda px=pixels: embedder.encode_images(px), b, args.seconds, sync)
 
     if args.no_text:
         print(json.dumps(out) if args.json else out)

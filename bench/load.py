@@ -49,7 +49,9 @@ def _request(kind: str, batch: int, urls: list[str], n: int) -> tuple[str, dict,
     return "/v1/embed/image-batch", {"image_urls": chunk}, batch_payload_id(chunk)
 
 
-async def run_load(server: str, kind: str, clients: int, batch: int, duration: float, urls: list[str], secret: str) -> dict:
+async def run_load(
+    server: str, kind: str, clients: int, batch: int, duration: float, urls: list[str], secret: str
+) -> dict:
     host = urlsplit(server).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("bench.load only targets servers on this machine (127.0.0.1)")
@@ -94,7 +96,7 @@ async def run_load(server: str, kind: str, clients: int, batch: int, duration: f
         await asyncio.gather(*(client(session) for _ in range(clients)))
         elapsed = time.perf_counter() - started
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
     return {
         "kind": kind,
         "clients": clients,
@@ -118,7 +120,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--photos", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "photos"))
     parser.add_argument("--glob", default="*-1mp.jpg")
-    parser.add_argument("--static-servers", type=int, default=1, help="static server processes (bench.static) to spread URLs over")
+    parser.add_argument(
+        "--static-servers", type=int, default=1, help="static server processes (bench.static) to spread URLs over"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     secret = os.environ.get("EMBEDDING_HMAC_SECRET", "").split(",")[0]

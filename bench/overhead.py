@@ -7,7 +7,7 @@ items/s at saturation, the server's CPU per item and its event-loop thread's CPU
 is one thread, so 1 / (loop CPU per item) bounds the items/s of one server process whatever the
 model and the decode pool do. `--kind image` downloads tiny generated JPEGs (64x48) from a local
 static server, so decoding costs little and the download, queueing and answer path shows.
-`--compare-settle` runs it with and without `app.heap.settle_heap` (what `python -m app` applies once
+`--compare-settle` runs it with and without `app.ops.heap.settle_heap` (what `python -m app` applies once
 the model is ready) and prints the ratio. Compare code changes by running it in each checkout.
 127.0.0.1 only; Linux (/proc) for CPU times.
 
@@ -37,7 +37,7 @@ class StandIn:
     """A model of no cost: open_clip's tokenizer, a fixed 512-d vector for every input."""
 
     def __init__(self) -> None:
-        from app.model import ModelInfo
+        from app.inference.model import ModelInfo
 
         self.info = ModelInfo("stand-in", "none", "cpu", "float32", 512, image_size=224, context_length=77)
         self._tokenizer = open_clip.get_tokenizer("ViT-B-32")
@@ -63,9 +63,9 @@ def serve(port: int, settle: bool) -> None:
     """Run the real app with the stand-in model (the child process)."""
     import uvicorn
 
-    from app.heap import settle_heap
-    from app.logs import configure_logging
     from app.main import create_app
+    from app.ops.heap import settle_heap
+    from app.ops.logs import configure_logging
     from app.settings import Settings
 
     settings = Settings()
@@ -89,8 +89,13 @@ def measure(kind: str, clients: int, batch: int, duration: float, settle: bool) 
     """
     port = free_port()
     env = os.environ | {
-        "EMBEDDING_HMAC_SECRET": SECRET, "CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": "none", "DEVICE": "cpu",
-        "LOG_LEVEL": "warning", "CACHE_MAX_ENTRIES": "0", "ALLOW_PRIVATE_URLS": "1",
+        "EMBEDDING_HMAC_SECRET": SECRET,
+        "CLIP_MODEL": "ViT-B-32",
+        "CLIP_PRETRAINED": "none",
+        "DEVICE": "cpu",
+        "LOG_LEVEL": "warning",
+        "CACHE_MAX_ENTRIES": "0",
+        "ALLOW_PRIVATE_URLS": "1",
         "MAX_BATCH_SIZE": str(max(16, batch)),  # the default (16) would refuse larger image batches
     }
     args = [sys.executable, "-m", "bench.overhead", "--serve", str(port)] + ([] if settle else ["--no-settle"])
@@ -142,9 +147,11 @@ def main() -> None:
     for name, r in runs.items():
         loop = r["loop_cpu_us_per_item"]
         cpu = r["server_cpu_us_per_item"]
-        print(f"{name:10s} {r['items_per_s']:7.0f} {args.kind}s/s  server CPU {cpu:4.0f} us/item"
-              f"  event loop {loop:4.0f} us/item (bound {1e6 / max(loop, 1e-9):6.0f}/s)"
-              f"  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']:.0f}")
+        print(
+            f"{name:10s} {r['items_per_s']:7.0f} {args.kind}s/s  server CPU {cpu:4.0f} us/item"
+            f"  event loop {loop:4.0f} us/item (bound {1e6 / max(loop, 1e-9):6.0f}/s)"
+            f"  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']:.0f}"
+        )
     if args.compare_settle:
         ratio = runs["settled"]["items_per_s"] / runs["unsettled"]["items_per_s"]
         print(f"settled / unsettled {args.kind}s/s: {ratio:.2f}")

@@ -65,8 +65,20 @@ def main() -> None:
     if args.engine_max_batch:
         env["ENGINE_MAX_BATCH"] = args.engine_max_batch
     py = sys.executable
-    limit_cmd = [py, "-m", "bench.limit", "--json", "--model", args.model, "--device", args.device,
-                 "--seconds", str(args.limit_seconds), "--photos", args.photos]
+    limit_cmd = [
+        py,
+        "-m",
+        "bench.limit",
+        "--json",
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--seconds",
+        str(args.limit_seconds),
+        "--photos",
+        args.photos,
+    ]
     limit = _json_of(limit_cmd, env)
     before = dict(limit)
     server = subprocess.Popen([py, "-m", "app"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -75,8 +87,24 @@ def main() -> None:
 
         def load(kind: str, c: int, b: int, duration: float) -> dict:
             return _json_of(
-                [py, "-m", "bench.load", "--json", "--server", base, "--kind", kind, "-c", str(c), "-b", str(b),
-                 "--duration", str(duration), "--photos", args.photos],
+                [
+                    py,
+                    "-m",
+                    "bench.load",
+                    "--json",
+                    "--server",
+                    base,
+                    "--kind",
+                    kind,
+                    "-c",
+                    str(c),
+                    "-b",
+                    str(b),
+                    "--duration",
+                    str(duration),
+                    "--photos",
+                    args.photos,
+                ],
                 env,
             )
 
@@ -84,8 +112,12 @@ def main() -> None:
         # speed moves by more than the targets' margins within minutes.
         beside = [before]
         results = {}
-        for key, kind, c, b in [("c16_b1", "image", 16, 1), ("c4_b16", "image", 4, 16),
-                                ("c16_text", "text", 16, 1), ("c1_b1", "image", 1, 1)]:
+        for key, kind, c, b in [
+            ("c16_b1", "image", 16, 1),
+            ("c4_b16", "image", 4, 16),
+            ("c16_text", "text", 16, 1),
+            ("c1_b1", "image", 1, 1),
+        ]:
             results[key] = load(kind, c, b, args.duration)
             beside.append(_json_of(limit_cmd + ["--no-decode"], env))
         after = beside[-1]
@@ -112,47 +144,104 @@ def main() -> None:
     img16, txt16 = limit.get("image_b16_per_s"), limit.get("text_truncated_b16_per_s")
     rows = [
         ("limit: encode_image batch 64", f"{img64:.1f} img/s", "", ""),
-        ("limit: encode_image batch 16", f"{img16:.1f} img/s" if img16 else "-", f"{img16 / img64:.2f}" if img16 else "", ""),
-        ("limit: encode_image batch 1", f"{limit['image_b1_per_s']:.1f} img/s", f"{limit['image_b1_per_s'] / img64:.2f}", ""),
+        (
+            "limit: encode_image batch 16",
+            f"{img16:.1f} img/s" if img16 else "-",
+            f"{img16 / img64:.2f}" if img16 else "",
+            "",
+        ),
+        (
+            "limit: encode_image batch 1",
+            f"{limit['image_b1_per_s']:.1f} img/s",
+            f"{limit['image_b1_per_s'] / img64:.2f}",
+            "",
+        ),
         ("limit: text 77-token batch 64", f"{limit['text_full77_b64_per_s']:.1f} txt/s", "", ""),
-        ("limit: text padding-free batch 64", f"{txt:.1f} txt/s", f"{limit['text_speedup']:.2f}× the 77-token forward", "≥ 4×"),
-        ("limit: text padding-free batch 16", f"{txt16:.1f} txt/s" if txt16 else "-", f"{txt16 / txt:.2f}" if txt16 else "", ""),
+        (
+            "limit: text padding-free batch 64",
+            f"{txt:.1f} txt/s",
+            f"{limit['text_speedup']:.2f}× the 77-token forward",
+            "≥ 4×",
+        ),
+        (
+            "limit: text padding-free batch 16",
+            f"{txt16:.1f} txt/s" if txt16 else "-",
+            f"{txt16 / txt:.2f}" if txt16 else "",
+            "",
+        ),
     ]
-    for i, (name, key, kind, target) in enumerate([
-        ("C=16 × B=1 image", "c16_b1", "image", "≥ 0.85"),
-        ("C=4 × B=16 images", "c4_b16", "image", "≥ 0.90"),
-        ("C=16 × 1 caption", "c16_text", "text", "≥ 0.85"),
-    ]):
-        ref_key, ceiling_key = {"image": ("image_b64_per_s", "image_b16_per_s"),
-                                "text": ("text_truncated_b64_per_s", "text_truncated_b16_per_s")}[kind]
+    for i, (name, key, kind, target) in enumerate(
+        [
+            ("C=16 × B=1 image", "c16_b1", "image", "≥ 0.85"),
+            ("C=4 × B=16 images", "c4_b16", "image", "≥ 0.90"),
+            ("C=16 × 1 caption", "c16_text", "text", "≥ 0.85"),
+        ]
+    ):
+        ref_key, ceiling_key = {
+            "image": ("image_b64_per_s", "image_b16_per_s"),
+            "text": ("text_truncated_b64_per_s", "text_truncated_b16_per_s"),
+        }[kind]
         ref = (beside[i][ref_key] + beside[i + 1][ref_key]) / 2
         r = results[key]
         ratio = f"{r['items_per_s'] / ref:.2f} of limit beside it ({ref:.1f}/s)"
         if key != "c4_b16":
             ceiling = (beside[i][ceiling_key] + beside[i + 1][ceiling_key]) / 2
             ratio += f", {r['items_per_s'] / ceiling:.2f} of batch 16"
-        rows.append((name, f"{r['items_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {sum(r['errors'].values())}",
-                     ratio, target))
-    drift = [(name, before[key], after[key]) for name, key in
-             [("image b64", "image_b64_per_s"), ("text b64", "text_truncated_b64_per_s")]]
-    rows.append((
-        "limit drift: before → after the loads",
-        ", ".join(f"{name} {a:.1f} → {b:.1f}/s" for name, a, b in drift),
-        ", ".join(f"{(b / a - 1) * 100:+.0f}%" for _, a, b in drift),
-        "",
-    ))
+        rows.append(
+            (
+                name,
+                f"{r['items_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {sum(r['errors'].values())}",
+                ratio,
+                target,
+            )
+        )
+    drift = [
+        (name, before[key], after[key])
+        for name, key in [("image b64", "image_b64_per_s"), ("text b64", "text_truncated_b64_per_s")]
+    ]
+    rows.append(
+        (
+            "limit drift: before → after the loads",
+            ", ".join(f"{name} {a:.1f} → {b:.1f}/s" for name, a, b in drift),
+            ", ".join(f"{(b / a - 1) * 100:+.0f}%" for _, a, b in drift),
+            "",
+        )
+    )
     r = results["c1_b1"]
-    rows.append(("C=1 × 1 image (idle) p50", f"{r['p50_ms']:.0f} ms", f"{r['p50_ms'] - idle_budget:+.0f} ms vs decode+batch-1 forward ({idle_budget:.0f} ms)", "≤ +15 ms"))
+    rows.append(
+        (
+            "C=1 × 1 image (idle) p50",
+            f"{r['p50_ms']:.0f} ms",
+            f"{r['p50_ms'] - idle_budget:+.0f} ms vs decode+batch-1 forward ({idle_budget:.0f} ms)",
+            "≤ +15 ms",
+        )
+    )
     for size in ("native", "1mp", "2mp", "12mp"):
         if size in dec:
             d = dec[size]
             target = "≥ 3×" if size == "12mp" else ""
-            rows.append((f"decode+preprocess {size}", f"{d['full']:.1f} → {d['reduced']:.1f} ms/img/core", f"{d['full'] / d['reduced']:.1f}× faster", target))
+            rows.append(
+                (
+                    f"decode+preprocess {size}",
+                    f"{d['full']:.1f} → {d['reduced']:.1f} ms/img/core",
+                    f"{d['full'] / d['reduced']:.1f}× faster",
+                    target,
+                )
+            )
     if rss:
-        rows.append(("RSS after 1 min → end of C=16 run", f"{rss[0]:.0f} → {rss[1]:.0f} MB", f"{(rss[1] / rss[0] - 1) * 100:+.1f}%", "within ±10%"))
+        rows.append(
+            (
+                "RSS after 1 min → end of C=16 run",
+                f"{rss[0]:.0f} → {rss[1]:.0f} MB",
+                f"{(rss[1] / rss[0] - 1) * 100:+.1f}%",
+                "within ±10%",
+            )
+        )
 
-    print(f"\nmodel {args.model} (random weights) on {limit['device']}, torch threads {limit['torch_threads']}, "
-          f"{os.cpu_count()} cores, {args.duration:.0f} s per scenario\n")
+    print(
+        f"\nmodel {args.model} (random weights) on {limit['device']}, torch threads {limit['torch_threads']}, "
+        f"{os.cpu_count()} cores, {args.duration:.0f} s per scenario\n"
+    )
     print("| measure | figure | ratio | target |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -37,16 +37,29 @@ from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, s
 from bench.procs import free_port
 from bench.soak_images import BROKEN_NAMES, OVERSIZED_NAMES, ImageHost, start_host
 
-TEXTS = ["a photo of a cat", "a red car on a street", "two people on a beach", "a bowl of fruit",
-         "an astronaut in a white suit", "a cup of coffee on a desk", "a mountain lake at dawn", "a city at night"]
+TEXTS = [
+    "a photo of a cat",
+    "a red car on a street",
+    "two people on a beach",
+    "a bowl of fruit",
+    "an astronaut in a white suit",
+    "a cup of coffee on a desk",
+    "a mountain lake at dawn",
+    "a city at night",
+]
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 3.0
 # (kind, weight, images that reach the model): what the soak sends, and how often. The offered rate is
 # set in images that reach the model, the work the capacity was measured in; texts are cheap extras.
 MIX = [("good", 40, 1), ("slow", 10, 1), ("broken", 10, 0), ("oversized", 5, 0), ("text", 15, 0), ("batch", 20, 2)]
 EXPECTED = {"good": {200}, "slow": {200}, "text": {200}, "batch": {200}, "broken": {422}, "oversized": {413}}
-ITEM_EXPECTED = {"good": {"ok"}, "broken": {"invalid_image"}, "missing": {"download_failed"},
-                 "too_slow": {"download_timeout"}, "oversized": {"image_too_large"}}
+ITEM_EXPECTED = {
+    "good": {"ok"},
+    "broken": {"invalid_image"},
+    "missing": {"download_failed"},
+    "too_slow": {"download_timeout"},
+    "oversized": {"image_too_large"},
+}
 
 
 @dataclass
@@ -97,6 +110,7 @@ class Soak:
             while time.monotonic() < end:
                 status, _ = await self.image(session, self.host.url("img", self.host.random_good(self.rng)))
                 done += status == 200
+
         started = time.monotonic()
         await asyncio.gather(*(loop() for _ in range(clients)))
         return done / (time.monotonic() - started)
@@ -111,9 +125,12 @@ class Soak:
         """Return (item kind, URL) pairs for one batch request: good ones plus one of each failure."""
         h, rng = self.host, self.rng
         items = [("good", h.url("img", h.random_good(rng))) for _ in range(2)]
-        items += [("broken", h.url("img", rng.choice(BROKEN_NAMES))), ("missing", h.url("status", "404")),
-                  ("too_slow", h.url("slow", h.random_good(rng), DOWNLOAD_TIMEOUT_S + 1)),
-                  ("oversized", h.url("img", rng.choice(OVERSIZED_NAMES)))]
+        items += [
+            ("broken", h.url("img", rng.choice(BROKEN_NAMES))),
+            ("missing", h.url("status", "404")),
+            ("too_slow", h.url("slow", h.random_good(rng), DOWNLOAD_TIMEOUT_S + 1)),
+            ("oversized", h.url("img", rng.choice(OVERSIZED_NAMES))),
+        ]
         rng.shuffle(items)
         return items
 
@@ -129,12 +146,16 @@ class Soak:
             elif kind == "batch":
                 items = self.batch_items()
                 urls = [u for _, u in items]
-                status, body = await self.post(session, "/v1/embed/image-batch", {"image_urls": urls},
-                                               batch_payload_id(urls))
+                status, body = await self.post(
+                    session, "/v1/embed/image-batch", {"image_urls": urls}, batch_payload_id(urls)
+                )
             else:
-                route, target, delay = {"good": ("img", name, None), "slow": ("slow", name, rng.uniform(0.3, 1.5)),
-                                        "broken": ("img", rng.choice(BROKEN_NAMES), None),
-                                        "oversized": ("img", rng.choice(OVERSIZED_NAMES), None)}[kind]
+                route, target, delay = {
+                    "good": ("img", name, None),
+                    "slow": ("slow", name, rng.uniform(0.3, 1.5)),
+                    "broken": ("img", rng.choice(BROKEN_NAMES), None),
+                    "oversized": ("img", rng.choice(OVERSIZED_NAMES), None),
+                }[kind]
                 status, body = await self.image(session, h.url(route, target, delay))
         except (aiohttp.ClientError, TimeoutError) as exc:
             r.statuses[f"client {type(exc).__name__}"] += 1
@@ -185,8 +206,14 @@ def rss_mib(pid: int) -> float:
 async def _metrics(session: aiohttp.ClientSession, base: str) -> list[str]:
     async with session.get(base + "/metrics") as resp:
         text = await resp.text()
-    keep = ("clip_dropped_items_total", "clip_oom_events_total", "clip_errors_total", "clip_batch_size_sum",
-            "clip_batch_size_count", "clip_embeddings_total")
+    keep = (
+        "clip_dropped_items_total",
+        "clip_oom_events_total",
+        "clip_errors_total",
+        "clip_batch_size_sum",
+        "clip_batch_size_count",
+        "clip_embeddings_total",
+    )
     return [line for line in text.splitlines() if line.startswith(keep)]
 
 
@@ -198,14 +225,25 @@ async def main_async(args: argparse.Namespace) -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = os.environ | {
-        "EMBEDDING_HMAC_SECRET": secret, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": args.pretrained,
-        "DEVICE": args.device, "HOST": "127.0.0.1", "PORT": str(port), "ALLOW_PRIVATE_URLS": "1",
-        "ALLOWED_PORTS": host.base.rsplit(":", 1)[1], "CACHE_MAX_ENTRIES": "0" if not args.cache else "10000",
-        "MAX_IMAGE_SIZE_BYTES": str(MAX_IMAGE_BYTES), "IMAGE_DOWNLOAD_TIMEOUT_S": str(DOWNLOAD_TIMEOUT_S),
-        "DOWNLOAD_CONCURRENCY": "64", "LOG_LEVEL": "warning", "MAX_QUEUED_ITEMS": str(args.max_queued),
+        "EMBEDDING_HMAC_SECRET": secret,
+        "CLIP_MODEL": args.model,
+        "CLIP_PRETRAINED": args.pretrained,
+        "DEVICE": args.device,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "ALLOW_PRIVATE_URLS": "1",
+        "ALLOWED_PORTS": host.base.rsplit(":", 1)[1],
+        "CACHE_MAX_ENTRIES": "0" if not args.cache else "10000",
+        "MAX_IMAGE_SIZE_BYTES": str(MAX_IMAGE_BYTES),
+        "IMAGE_DOWNLOAD_TIMEOUT_S": str(DOWNLOAD_TIMEOUT_S),
+        "DOWNLOAD_CONCURRENCY": "64",
+        "LOG_LEVEL": "warning",
+        "MAX_QUEUED_ITEMS": str(args.max_queued),
     }
-    log = tempfile.NamedTemporaryFile(prefix="soak-server-", suffix=".log", delete=False)
-    server = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Kept open for the server's whole life and named in the report; closed in the finally below.
+    log = tempfile.NamedTemporaryFile(prefix="soak-server-", suffix=".log", delete=False)  # noqa: SIM115
+    # Started once, before the load: blocking the loop here costs nothing.
+    server = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
     soak = Soak(base, secret, host, args.seed, args.atol)
     timeout = aiohttp.ClientTimeout(total=180)
     try:
@@ -223,9 +261,12 @@ async def main_async(args: argparse.Namespace) -> int:
             await soak.references(session)
             capacity = await soak.capacity(session, args.calibrate_s)
             rss_idle = rss_mib(server.pid)
-            print(f"capacity: {capacity:.1f} images/s (closed loop, 8 clients, {args.calibrate_s:g} s); "
-                  f"soak at {args.load:g}x = {capacity * args.load:.1f} model images/s (plus failing URLs and texts) "
-                  f"for {args.duration:g} s", flush=True)
+            print(
+                f"capacity: {capacity:.1f} images/s (closed loop, 8 clients, {args.calibrate_s:g} s); "
+                f"soak at {args.load:g}x = {capacity * args.load:.1f} model images/s (plus failing URLs and texts) "
+                f"for {args.duration:g} s",
+                flush=True,
+            )
             samples: list[tuple[float, float]] = []
             sampler = asyncio.create_task(sample_rss(server.pid, samples))
             started = time.monotonic()
@@ -235,12 +276,15 @@ async def main_async(args: argparse.Namespace) -> int:
             await asyncio.sleep(2)
             # Steady state: once the backlog has had time to fill the admission bound.
             fill_s = args.max_queued / max(capacity * (args.load - 1), 1e-9)
-            rss = RssFigures(rss_idle, samples, rss_mib(server.pid), warm_up_s=min(args.duration / 2, max(30.0, 1.5 * fill_s)))
+            rss = RssFigures(
+                rss_idle, samples, rss_mib(server.pid), warm_up_s=min(args.duration / 2, max(30.0, 1.5 * fill_s))
+            )
             metrics = await _metrics(session, base)
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
         exit_code = server.wait(60)
+        log.close()
         await runner.cleanup()
     return print_report(args, soak.report, sent, elapsed, rss, metrics, exit_code, log.name)
 
@@ -276,8 +320,10 @@ class RssFigures:
 
 
 def print_report(args, r: Report, sent, elapsed, rss: RssFigures, metrics, exit_code, log_name) -> int:
-    print(f"model {args.model} ({args.pretrained}) on {args.device}, MAX_QUEUED_ITEMS={args.max_queued}, cache "
-          f"{'on' if args.cache else 'off'}; {sent} requests in {elapsed:.0f} s (answers awaited); server log: {log_name}")
+    print(
+        f"model {args.model} ({args.pretrained}) on {args.device}, MAX_QUEUED_ITEMS={args.max_queued}, cache "
+        f"{'on' if args.cache else 'off'}; {sent} requests in {elapsed:.0f} s (answers awaited); server log: {log_name}"
+    )
     print("answers by status:")
     for key, n in sorted(r.statuses.items()):
         print(f"  {key:28s} {n}")
@@ -287,11 +333,15 @@ def print_report(args, r: Report, sent, elapsed, rss: RssFigures, metrics, exit_
     five_xx = sum(n for k, n in r.statuses.items() if k.startswith("5") and k != "503 overloaded")
     lat = sorted(r.latencies)
     if lat:
-        print(f"latency of answered requests: p50 {lat[len(lat) // 2] * 1000:.0f} ms, "
-              f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:.0f} ms")
+        print(
+            f"latency of answered requests: p50 {lat[len(lat) // 2] * 1000:.0f} ms, "
+            f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:.0f} ms"
+        )
     growth = (rss.end - rss.start) / rss.start * 100
-    print(f"server RSS: idle {rss.idle:.0f} MiB before the soak, peak {max(m for _, m in rss.samples):.0f} MiB, "
-          f"{rss.drained:.0f} MiB after the answers were awaited; during the soak (s: MiB):")
+    print(
+        f"server RSS: idle {rss.idle:.0f} MiB before the soak, peak {max(m for _, m in rss.samples):.0f} MiB, "
+        f"{rss.drained:.0f} MiB after the answers were awaited; during the soak (s: MiB):"
+    )
     step = max(1, len(rss.samples) // 12)
     print("  " + ", ".join(f"{t:.0f}: {m:.0f}" for t, m in rss.samples[::step]))
     checks = {

@@ -49,7 +49,17 @@ def make_app(photos: dict[str, tuple[bytes, str]]) -> web.Application:
 def start(folder: str, pattern: str, port: int, wait_s: float = 20.0) -> subprocess.Popen[bytes]:
     """Start one static server process on 127.0.0.1:`port` and return once it accepts connections."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.static", "--folder", os.path.abspath(folder), "--glob", pattern, "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "bench.static",
+            "--folder",
+            os.path.abspath(folder),
+            "--glob",
+            pattern,
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )

@@ -8,7 +8,6 @@ Exits non-zero on the first failure.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 import os
@@ -23,9 +22,8 @@ import urllib.error
 import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-from PIL import Image
-
 from clip_client.signing import batch_payload_id, image_payload_id, signed_headers, text_payload_id
+from PIL import Image
 
 SECRET = secrets.token_hex(32)
 
@@ -101,17 +99,25 @@ def main() -> int:
 
             url = f"{img}/img0.jpg"
             status, body = _post(base, "/v1/embed/image", {"image_url": url}, image_payload_id(url))
-            _check("POST /v1/embed/image → 512 floats of norm 1", status == 200 and _unit_vector(body["embedding"]), status)
+            _check(
+                "POST /v1/embed/image → 512 floats of norm 1", status == 200 and _unit_vector(body["embedding"]), status
+            )
 
             urls = [f"{img}/img0.jpg", f"{img}/missing.jpg", f"{img}/img1.jpg"]
             status, body = _post(base, "/v1/embed/image-batch", {"image_urls": urls}, batch_payload_id(urls))
             codes = [r["error"]["code"] if r["error"] else None for r in body.get("results", [])]
-            _check("POST /v1/embed/image-batch → error at index 1 only", status == 200 and codes == [None, "download_failed", None], codes)
+            _check(
+                "POST /v1/embed/image-batch → error at index 1 only",
+                status == 200 and codes == [None, "download_failed", None],
+                codes,
+            )
             _check("batch vectors are unit 512-d", all(_unit_vector(body["results"][i]["embedding"]) for i in (0, 2)))
 
             text = "a photo of a cat"
             status, body = _post(base, "/v1/embed/text", {"text": text}, text_payload_id(text))
-            _check("POST /v1/embed/text → 512 floats of norm 1", status == 200 and _unit_vector(body["embedding"]), status)
+            _check(
+                "POST /v1/embed/text → 512 floats of norm 1", status == 200 and _unit_vector(body["embedding"]), status
+            )
         finally:
             server.terminate()
             server.wait(30)

@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from app.settings import Settings
-from tests.support.api import SECRET
+from tests.support.data import jpeg_bytes, png_rgba_bytes, tiny_settings
 from tests.support.imageserver import ImageServer
 from tests.support.service import RunningService, run_service
-
-
-def jpeg_bytes(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
-    """Return a JPEG of smooth random colour so that every seed embeds differently."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    img = Image.fromarray(small, "RGB").resize((width, height), Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def png_rgba_bytes(width: int = 80, height: int = 60) -> bytes:
-    img = Image.new("RGBA", (width, height), (255, 0, 0, 0))
-    img.paste((0, 0, 255, 255), (0, 0, width // 2, height))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def tiny_settings(**overrides: object) -> Settings:
-    """Settings for the tiny test model, signed requests, and private URLs allowed."""
-    values: dict[str, object] = {
-        "embedding_hmac_secret": SECRET,
-        "clip_model": "clip-tiny",
-        "clip_pretrained": "none",
-        "device": "cpu",
-        "allow_private_urls": True,
-        "image_download_timeout_s": 3,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +18,7 @@ def checkpoint(tmp_path_factory) -> str:
     import open_clip
     import torch
 
-    from app.model import CONFIG_DIR
+    from app.inference.model import CONFIG_DIR
 
     open_clip.add_model_config(CONFIG_DIR)
     torch.manual_seed(1234)

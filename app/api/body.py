@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from app.auth.verify import AuthHeaders
 from app.errors import InvalidRequest
-from app.security import AuthHeaders
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -75,12 +75,14 @@ def with_request_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> Non
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schemas = build().setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                schema = model.model_json_schema(ref_template=_REF)
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
-        return app.openapi_schema
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()  # FastAPI keeps it as app.openapi_schema
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schema = model.model_json_schema(ref_template=_REF)
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        return document
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document

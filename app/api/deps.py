@@ -13,10 +13,10 @@ from fastapi import Depends, Request
 
 from app.api.body import M, auth_headers, parse_body
 from app.api.observe import RequestRecord
+from app.auth.verify import AuthHeaders, RequestVerifier
 from app.errors import Unavailable
-from app.model import ModelInfo
+from app.inference.model import ModelInfo
 from app.pipeline import EmbeddingPipeline
-from app.security import AuthHeaders, RequestVerifier
 from app.services import Services
 
 

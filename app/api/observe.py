@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.metrics import endpoint_label
+from app.ops.metrics import endpoint_label
 from app.services import Services
 
 log = logging.getLogger("app.request")

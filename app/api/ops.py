@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.api.deps import ServicesDep
-from app.metrics import CONTENT_TYPE
+from app.ops.metrics import CONTENT_TYPE
 
 router = APIRouter()
 

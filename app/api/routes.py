@@ -14,9 +14,9 @@ from app.api.errors import RETRY_AFTER_S, error_body
 from app.errors import InvalidRequest, ServiceError
 from app.schemas import (
     BatchResponse,
+    EmbeddingResponse,
     EmbedImageBatchRequest,
     EmbedImageRequest,
-    EmbeddingResponse,
     EmbedTextRequest,
     ErrorResponse,
     HealthResponse,
@@ -69,8 +69,12 @@ async def health(services: ServicesDep) -> Response:
     return response
 
 
-@router.post("/v1/embed/image", response_model=EmbeddingResponse, responses=_ERRORS,
-             openapi_extra=signed_json_operation(EmbedImageRequest))
+@router.post(
+    "/v1/embed/image",
+    response_model=EmbeddingResponse,
+    responses=_ERRORS,
+    openapi_extra=signed_json_operation(EmbedImageRequest),
+)
 async def embed_image(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageRequest)
     call.record.items = 1
@@ -79,8 +83,12 @@ async def embed_image(call: EmbedCallDep) -> Response:
     return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
 
 
-@router.post("/v1/embed/image-batch", response_model=BatchResponse, responses=_ERRORS,
-             openapi_extra=signed_json_operation(EmbedImageBatchRequest))
+@router.post(
+    "/v1/embed/image-batch",
+    response_model=BatchResponse,
+    responses=_ERRORS,
+    openapi_extra=signed_json_operation(EmbedImageBatchRequest),
+)
 async def embed_image_batch(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageBatchRequest)
     call.record.items = len(body.image_urls)
@@ -93,7 +101,13 @@ async def embed_image_batch(call: EmbedCallDep) -> Response:
     results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
     succeeded = sum(1 for r in results if r["error"] is None)
     return json_response(
-        {"results": results, "succeeded": succeeded, "failed": len(results) - succeeded, "dim": info.dim, "model": info.model}
+        {
+            "results": results,
+            "succeeded": succeeded,
+            "failed": len(results) - succeeded,
+            "dim": info.dim,
+            "model": info.model,
+        }
     )
 
 
@@ -103,8 +117,12 @@ def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, obj
     return {"index": index, "embedding": outcome, "error": None}
 
 
-@router.post("/v1/embed/text", response_model=EmbeddingResponse, responses=_ERRORS,
-             openapi_extra=signed_json_operation(EmbedTextRequest))
+@router.post(
+    "/v1/embed/text",
+    response_model=EmbeddingResponse,
+    responses=_ERRORS,
+    openapi_extra=signed_json_operation(EmbedTextRequest),
+)
 async def embed_text(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedTextRequest)
     call.record.items = 1

@@ -1,9 +1,9 @@
 """Client for the CLIP embedding service (no torch needed).
 
-    from clip_client import make_clip_client
+from clip_client import make_clip_client
 
-    async with make_clip_client() as clip:        # backend and URLs from the environment
-        vector = await clip.embed_image("https://example.com/cat.jpg")
+async with make_clip_client() as clip:        # backend and URLs from the environment
+    vector = await clip.embed_image("https://example.com/cat.jpg")
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Protocol, Self
 
 from clip_client.config import ClientConfig
@@ -29,7 +28,7 @@ class ClipClient(Protocol):
 
     async def __aenter__(self) -> Self: ...
 
-    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None: ...
+    async def __aexit__(self, *exc: object) -> None: ...
 
 
 def make_clip_client(config: ClientConfig | None = None, *, retry: RetryPolicy | None = None) -> ClipClient:

@@ -45,10 +45,11 @@ def _strip_operation(url: str) -> str:
 def _job_error(raw: object) -> tuple[str, str]:
     """Read a FAILED job's error: the handler's {"code","message"} (maybe as JSON text) or RunPod's own."""
     if isinstance(raw, str):
+        text = raw
         try:
-            raw = json.loads(raw)
+            raw = json.loads(text)
         except ValueError:
-            return "server_error", raw
+            return "server_error", text
     if isinstance(raw, dict):
         if "code" in raw:
             return str(raw["code"]), str(raw.get("message", ""))
@@ -125,8 +126,9 @@ class RunPodServerlessClipClient(TransportClient):
         deadline = time.monotonic() + self._transport.timeout_s
         while isinstance(job, dict) and job.get("status") in _PENDING and "id" in job:
             if time.monotonic() > deadline:
-                raise ClipTimeoutError(f"job {job['id']} still {job['status']} after {self._transport.timeout_s:g}s",
-                                       attempts=1)
+                raise ClipTimeoutError(
+                    f"job {job['id']} still {job['status']} after {self._transport.timeout_s:g}s", attempts=1
+                )
             await self._transport.retry.sleep(self._poll_interval_s)
             answer = await self._transport.request("GET", f"{self.endpoint_url}/status/{job['id']}")
             job = answer.json_or_raise()

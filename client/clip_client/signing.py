@@ -42,9 +42,7 @@ def text_payload_id(text: str) -> str:
     return _sha256_hex(text.encode("utf-8"))
 
 
-def canonical_message(
-    method: str, path: str, payload_id: str, timestamp: int | str, nonce: str | None = None
-) -> str:
+def canonical_message(method: str, path: str, payload_id: str, timestamp: int | str, nonce: str | None = None) -> str:
     """Build the string that gets signed."""
     parts = [method.upper(), path, payload_id, str(timestamp)]
     if nonce is not None:

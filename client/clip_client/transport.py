@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self
 
 import aiohttp
@@ -138,8 +137,9 @@ class Transport:
                 cls = ClipTimeoutError if timed_out else ClipUnavailableError
                 raise cls(summary, attempts=attempt, status=None if timed_out else last_status)
             wait = self.retry.delay(attempt, retry_after)
-            log.warning("%s %s attempt %d/%d: %s; retrying in %.2fs", method, url, attempt,
-                        self.retry.attempts, reason, wait)
+            log.warning(
+                "%s %s attempt %d/%d: %s; retrying in %.2fs", method, url, attempt, self.retry.attempts, reason, wait
+            )
             await self.retry.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -161,7 +161,7 @@ class TransportClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from app.download import ImageFetcher, make_session
-from app.urlguard import DEFAULT_PORTS, GuardedResolver, Lookup, UrlGuard, UrlPolicy
-from tests.conftest import jpeg_bytes
+from app.fetch.download import ImageFetcher, make_session
+from app.fetch.urlguard import DEFAULT_PORTS, GuardedResolver, Lookup, UrlGuard, UrlPolicy
+from tests.support.data import jpeg_bytes
 from tests.support.hostile import HostileServer
 from tests.support.netmap import PUBLIC_V4, FakeDns, RoutedResolver
 
@@ -40,9 +40,7 @@ async def guarded_fetcher(
         await session.close()
 
 
-def public_dns(
-    hostile: HostileServer, records: dict[str, list[str]] | None = None
-) -> tuple[FakeDns, dict[str, int]]:
+def public_dns(hostile: HostileServer, records: dict[str, list[str]] | None = None) -> tuple[FakeDns, dict[str, int]]:
     """DNS where PUBLIC_HOST is a public address routed to `hostile`, plus `records`; and the routes."""
     dns = FakeDns({PUBLIC_HOST: [PUBLIC_V4], **(records or {})})
     return dns, {PUBLIC_V4: hostile.port}

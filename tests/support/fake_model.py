@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.model import ModelInfo
+from app.inference.model import ModelInfo
 
 DIM = 8
 

@@ -23,7 +23,8 @@ def run_handler_api(env: dict[str, str], startup_s: float = 120) -> Iterator[str
     port = free_port()
     full_env = os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'client'}"} | env
     cmd = [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
-    log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server can never block on it
+    # A file, not a pipe: a chatty server can never block on it. Closed in the finally below.
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -28,7 +28,7 @@ def gzip_bomb(size: int) -> bytes:
 class _HostileHandler(_Handler):
     server: HostileServer
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.record_headers(dict(self.headers))
         super().do_GET()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -15,7 +16,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         self.server.record(parts.path)
@@ -140,7 +141,7 @@ class ImageServer(ThreadingHTTPServer):
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
 
-    def __enter__(self) -> ImageServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

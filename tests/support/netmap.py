@@ -12,7 +12,7 @@ import socket
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from app.urlguard import GuardedResolver
+from app.fetch.urlguard import GuardedResolver
 
 # Globally routable addresses that stand in for "a public web server" in tests.
 PUBLIC_V4 = "93.184.215.14"
@@ -62,8 +62,12 @@ class RoutedResolver(AbstractResolver):
         for r in results:
             if r["host"] in self.routes:
                 r = ResolveResult(
-                    hostname=r["hostname"], host="127.0.0.1", port=self.routes[r["host"]],
-                    family=socket.AF_INET, proto=0, flags=0,
+                    hostname=r["hostname"],
+                    host="127.0.0.1",
+                    port=self.routes[r["host"]],
+                    family=socket.AF_INET,
+                    proto=0,
+                    flags=0,
                 )
             routed.append(r)
         return routed

@@ -1,0 +1,1 @@
+"""Request authentication: HMAC verification, nonces, and the signing CLI."""

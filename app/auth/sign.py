@@ -1,0 +1,55 @@
+"""Print the signature headers for a request, for curl: `python -m app.auth.sign POST /v1/embed/text --text "a cat"`.
+
+The secret comes from EMBEDDING_HMAC_SECRET (the first one when several are listed). Output is one
+`-H Name:value` pair per header (values hold no spaces), ready for `curl $(python -m app.auth.sign ...)`;
+`--json` prints a dict instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from clip_client.signing import (
+    batch_payload_id,
+    image_payload_id,
+    new_nonce,
+    signed_headers,
+    text_payload_id,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.auth.sign", description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=["POST"], help="HTTP method")
+    parser.add_argument("path", help="request path, e.g. /v1/embed/image")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--url", help="image_url of /v1/embed/image")
+    group.add_argument("--urls", nargs="+", help="image_urls of /v1/embed/image-batch")
+    group.add_argument("--text", help="text of /v1/embed/text")
+    parser.add_argument("--nonce", action="store_true", help="add a fresh X-Nonce")
+    parser.add_argument("--json", action="store_true", help="print the headers as JSON")
+    args = parser.parse_args(argv)
+
+    secret = os.environ.get("EMBEDDING_HMAC_SECRET", "").split(",")[0].strip()
+    if not secret:
+        print("EMBEDDING_HMAC_SECRET is not set", file=sys.stderr)
+        return 2
+    if args.url is not None:
+        payload = image_payload_id(args.url)
+    elif args.urls is not None:
+        payload = batch_payload_id(args.urls)
+    else:
+        payload = text_payload_id(args.text)
+    headers = signed_headers(secret, args.method, args.path, payload, nonce=new_nonce() if args.nonce else None)
+    if args.json:
+        print(json.dumps(headers))
+    else:
+        print(" ".join(f"-H {k}:{v}" for k, v in headers.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

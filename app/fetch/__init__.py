@@ -1,0 +1,1 @@
+"""Fetching caller-supplied image URLs: the SSRF guard and the bounded downloader."""

@@ -1,0 +1,1 @@
+"""The pure core: decode, preprocess, the model and the batching engine (no HTTP)."""

@@ -1,0 +1,307 @@
+"""Cross-request dynamic batching in front of one model thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from app.errors import Overloaded, Unavailable
+
+log = logging.getLogger("app.inference.engine")
+
+# However items keep trickling in, a batch waits at most this many times ENGINE_MAX_WAIT_MS in all...
+GATHER_CAP_FACTOR = 8
+# ...or, while announced items are still being prepared, at most this share of a recent forward pass.
+INCOMING_WAIT_SHARE = 0.5
+# Weight of the newest forward pass in the running average of forward time.
+FORWARD_EWMA = 0.2
+# A batch holding items of as many callers as the largest of this many recent waves (callers that
+# submitted between two dispatches) goes at once instead of waiting out ENGINE_MAX_WAIT_MS: every
+# client is already in it. Callers, not items: a request of 32 images is one client, and the lone
+# requests after it must not wait for 31 more.
+WAVE_MEMORY = 4
+# One row per payload; an Exception in place of a row fails only that item (see app.inference.model_guard).
+RunBatch = Callable[[list[torch.Tensor]], np.ndarray | Sequence[np.ndarray | Exception]]
+
+
+class BatchModel(Protocol):
+    """What the engine runs: one forward pass per batch of each modality (an Embedder, or one guarding it)."""
+
+    def encode_images(self, pixels: list[torch.Tensor]) -> np.ndarray | Sequence[np.ndarray | Exception]:
+        """Return one row (or an Exception) per input, in order."""
+        ...
+
+    def encode_texts(self, tokens: list[torch.Tensor]) -> np.ndarray | Sequence[np.ndarray | Exception]:
+        """Return one row (or an Exception) per input, in order."""
+        ...
+
+
+class QueueObserver(Protocol):
+    """What the engine reports about items leaving a queue (the app's metrics implement it)."""
+
+    def dispatched(self, queue: str, waits_s: list[float]) -> None:
+        """Items went to the model after waiting `waits_s` seconds each in the queue."""
+
+    def dropped(self, queue: str, reason: str, count: int) -> None:
+        """Items were dropped before the model: reason is "cancelled" (caller gone) or "deadline"."""
+
+
+@dataclass(slots=True)
+class _Item:
+    payload: torch.Tensor
+    future: asyncio.Future[np.ndarray]
+    deadline: float = math.inf  # time.monotonic() after which the item is not worth computing
+    enqueued: float = 0.0
+    caller: object = None  # the same object for every item of one request
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """What /health shows of one queue."""
+
+    batches: int = 0
+    items: int = 0
+    last_batch_size: int = 0
+    max_batch_size_seen: int = 0
+
+
+class BatchQueue:
+    """One modality's queue; a worker task turns waiting items into model batches."""
+
+    def __init__(
+        self,
+        name: str,
+        run: RunBatch,
+        executor: ThreadPoolExecutor,
+        max_batch: int,
+        max_wait_s: float,
+        observer: QueueObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._observer = observer
+        self._run = run
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._incoming = 0  # items announced by expecting() and not yet submitted
+        self._forward_s = 0.0  # running average of one forward pass
+        self._arrived: set[object] = set()  # callers that submitted since the last dispatch
+        self._waves: deque[int] = deque(maxlen=WAVE_MEMORY)
+        self._idle_since = 0.0  # time.monotonic() when the last forward pass ended
+        self.stats = QueueStats()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch."""
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        """Say whether the worker task is running."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._work(), name=f"engine-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(Unavailable("the engine is shutting down"))
+
+    async def submit(
+        self, payloads: list[torch.Tensor], deadline: float = math.inf, caller: object | None = None
+    ) -> list[np.ndarray]:
+        """Queue the payloads together and wait for their vectors, in order.
+
+        Items still queued at `deadline` (a time.monotonic() value) fail with Overloaded unrun.
+        Calls that pass the same `caller` count as one client in a wave; by default each call is its own.
+        """
+        if not self.alive:
+            raise Unavailable("the engine is not running")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        caller = caller if caller is not None else object()
+        items = [_Item(p, loop.create_future(), deadline, now, caller) for p in payloads]
+        self._arrived.add(caller)
+        for item in items:
+            self._queue.put_nowait(item)
+        try:
+            return list(await asyncio.gather(*(i.future for i in items)))
+        finally:
+            for item in items:
+                item.future.cancel()  # no-op when done; drops leftovers when the caller went away
+
+    @contextmanager
+    def expecting(self, count: int) -> Iterator[None]:
+        """Announce `count` items being downloaded, decoded or tokenised for this queue until the block ends."""
+        self._incoming += count
+        try:
+            yield
+        finally:
+            self._incoming -= count
+
+    async def _gather(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        started = time.perf_counter()
+        while len(batch) < self._max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            wave = min(max(self._waves, default=0), self._max_batch)
+            callers = len({item.caller for item in batch})
+            # Only a batch that the last answers' callers have begun to refill: items queued while the
+            # model was busy are another group, and sending them alone would keep the groups apart.
+            fresh = batch[-1].enqueued >= self._idle_since
+            if not self._incoming and wave and callers >= wave and fresh:
+                break  # as many callers as any recent wave brought, none announced: waiting would only idle the model
+            # The queue ran dry: wait briefly for the next item (a full batch is never held back).
+            # Each arrival re-arms the wait, up to a cap. While announced items are still being
+            # prepared, keep waiting for them, up to a share of a forward pass: a batch split in two
+            # by a few late decodes costs a whole extra pass. Short of a recent wave, the rest of its
+            # clients are likely on their way: keep waiting too, within the cap and that share.
+            cap = self._max_wait_s * GATHER_CAP_FACTOR
+            if self._incoming:
+                cap = max(cap, INCOMING_WAIT_SHARE * self._forward_s)
+            budget = min(self._max_wait_s, cap - (time.perf_counter() - started))
+            if budget <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), budget))
+            except TimeoutError:
+                # An item can land as the wait times out: it is taken at the top of the loop.
+                waited = time.perf_counter() - started
+                short = callers < wave and waited < INCOMING_WAIT_SHARE * self._forward_s
+                if not self._incoming and not short and self._queue.empty():
+                    break
+        self._waves.append(len(self._arrived))
+        self._arrived.clear()
+        return self._live(batch)
+
+    def _live(self, batch: list[_Item]) -> list[_Item]:
+        """Drop the items whose caller has gone or whose deadline has passed; report the rest's wait."""
+        now = time.monotonic()
+        live, cancelled, expired = [], 0, 0
+        for item in batch:
+            if item.future.done():
+                cancelled += 1
+            elif now >= item.deadline:
+                expired += 1
+                item.future.set_exception(Overloaded("the request's deadline passed while it waited for the model"))
+            else:
+                live.append(item)
+        if self._observer is not None:
+            if cancelled:
+                self._observer.dropped(self.name, "cancelled", cancelled)
+            if expired:
+                self._observer.dropped(self.name, "deadline", expired)
+            if live:
+                self._observer.dispatched(self.name, [now - item.enqueued for item in live])
+        return live
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                vectors = await loop.run_in_executor(self._executor, self._run, [i.payload for i in batch])
+            except Exception as exc:
+                self._idle_since = time.monotonic()
+                log.exception("%s batch of %d failed", self.name, len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self._idle_since = time.monotonic()
+            self._record(len(batch), time.perf_counter() - started)
+            for item, vector in zip(batch, vectors, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(vector, Exception):
+                    item.future.set_exception(vector)
+                else:
+                    item.future.set_result(vector)
+
+    def _record(self, size: int, seconds: float) -> None:
+        self._forward_s = (
+            seconds if not self._forward_s else (1 - FORWARD_EWMA) * self._forward_s + FORWARD_EWMA * seconds
+        )
+        s = self.stats
+        s.batches += 1
+        s.items += size
+        s.last_batch_size = size
+        s.max_batch_size_seen = max(s.max_batch_size_seen, size)
+
+
+def model_executor() -> ThreadPoolExecutor:
+    """Return the single thread that loads the model and runs every batch.
+
+    One thread, so that torch starts one team of OpenMP workers (see app.inference.preprocess for the cost of more).
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+
+class Engine:
+    """The image and text queues sharing a single model thread."""
+
+    def __init__(
+        self,
+        embedder: BatchModel,
+        max_batch: int,
+        max_wait_ms: float,
+        observer: QueueObserver | None = None,
+        model_thread: ThreadPoolExecutor | None = None,
+    ) -> None:
+        # Pass the one-thread executor the model was loaded on, so that one thread owns all its torch work.
+        self._owns_executor = model_thread is None
+        self._executor = model_thread or model_executor()
+        wait_s = max_wait_ms / 1000.0
+        self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s, observer)
+        self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s, observer)
+
+    @property
+    def alive(self) -> bool:
+        """Say whether both workers are running."""
+        return self.images.alive and self.texts.alive
+
+    def start(self) -> None:
+        self.images.start()
+        self.texts.start()
+
+    async def stop(self) -> None:
+        await self.images.stop()
+        await self.texts.stop()
+        if self._owns_executor:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Report queue depths and batch sizes for /health."""
+        return {
+            q.name: {
+                "queue_depth": q.depth,
+                "batches": q.stats.batches,
+                "items": q.stats.items,
+                "last_batch_size": q.stats.last_batch_size,
+                "max_batch_size_seen": q.stats.max_batch_size_seen,
+            }
+            for q in (self.images, self.texts)
+        }

@@ -1,0 +1,81 @@
+"""The model as the engine runs it: timed, counted, and split in halves when the accelerator runs out of memory.
+
+On `torch.cuda.OutOfMemoryError` the batch's memory is freed, the batch is split in half and each half
+is retried, down to single items; an item that fails even alone gets `Overloaded` while the other
+items of its batch succeed, and the engine keeps running.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.errors import Overloaded
+from app.inference.model import Embedder, ModelInfo
+from app.ops.metrics import Metrics
+
+log = logging.getLogger("app.inference.model")
+
+ItemOutcome = np.ndarray | Overloaded
+RunBatch = Callable[[list[torch.Tensor]], np.ndarray]
+
+
+def free_accelerator_memory() -> None:
+    """Release what a failed forward pass left behind (cached CUDA blocks, unreachable tensors)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_splitting_on_oom(
+    run: RunBatch, payloads: list[torch.Tensor], on_oom: Callable[[int], None] = lambda n: None
+) -> list[ItemOutcome]:
+    """Run `payloads` through `run`; on out-of-memory, retry in halves; return one outcome per payload."""
+    try:
+        return list(run(payloads))
+    except torch.cuda.OutOfMemoryError:
+        pass  # leave the except block first, so the traceback's references to tensors are dropped
+    on_oom(len(payloads))
+    free_accelerator_memory()
+    if len(payloads) == 1:
+        return [Overloaded("out of accelerator memory even for this item alone; retry later")]
+    mid = len(payloads) // 2
+    return run_splitting_on_oom(run, payloads[:mid], on_oom) + run_splitting_on_oom(run, payloads[mid:], on_oom)
+
+
+class GuardedEmbedder:
+    """Wrap an Embedder for the engine: OOM splitting, forward time and batch size metrics."""
+
+    def __init__(self, embedder: Embedder, metrics: Metrics) -> None:
+        self.inner = embedder
+        self.info: ModelInfo = embedder.info
+        self._metrics = metrics
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.inner.preprocess(image)
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        return self.inner.tokenize(text)
+
+    def encode_images(self, pixels: list[torch.Tensor]) -> list[ItemOutcome]:
+        return self._run("images", self.inner.encode_images, pixels)
+
+    def encode_texts(self, tokens: list[torch.Tensor]) -> list[ItemOutcome]:
+        return self._run("texts", self.inner.encode_texts, tokens)
+
+    def _run(self, queue: str, run: RunBatch, payloads: list[torch.Tensor]) -> list[ItemOutcome]:
+        started = time.perf_counter()
+        outcomes = run_splitting_on_oom(run, payloads, lambda n: self._oom(queue, n))
+        self._metrics.stage_seconds.labels("forward").observe(time.perf_counter() - started)
+        self._metrics.batch_size.labels(queue).observe(len(payloads))
+        return outcomes
+
+    def _oom(self, queue: str, size: int) -> None:
+        self._metrics.oom.inc()
+        log.warning("out of accelerator memory on a %s batch of %d: freeing and splitting", queue, size)

@@ -1,0 +1,1 @@
+"""Operating the process: metrics, logs, heap settings, lifecycle, admission, the health probe."""

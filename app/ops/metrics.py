@@ -1,0 +1,115 @@
+"""Prometheus metrics of one app: counters and histograms fed as work flows, gauges read at scrape time.
+
+Each app gets its own registry (several apps can live in one process, e.g. in tests); nothing
+registers with prometheus_client's global default registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Paths reported as themselves; anything else is "other", so that scanners cannot blow up label sets.
+ENDPOINTS = frozenset({"/health", "/live", "/metrics", "/v1/embed/image", "/v1/embed/image-batch", "/v1/embed/text"})
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def endpoint_label(path: str) -> str:
+    """Return the endpoint label of a request path."""
+    return path if path in ENDPOINTS else "other"
+
+
+class Metrics:
+    """The service's instruments, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: they double the output and nobody graphs them
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "clip_http_requests", "HTTP requests answered, by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "clip_request_duration_seconds",
+            "Total time to answer a request, by endpoint",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "clip_stage_duration_seconds",
+            "Time spent per item in one stage: download, decode (with preprocess), queue_wait, forward (per batch)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "clip_batch_size", "Items per forward pass, by queue", ["queue"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.embeddings = Counter(
+            "clip_embeddings", "Vectors answered (computed or cached), by kind", ["kind"], registry=r
+        )
+        self.errors = Counter(
+            "clip_errors",
+            "Errors reported to callers (request errors and failed batch items), by code",
+            ["code"],
+            registry=r,
+        )
+        self.download_bytes = Counter("clip_download_bytes", "Image bytes downloaded", registry=r)
+        self.cache_hits = Counter("clip_cache_hits", "Embedding cache hits, by kind", ["kind"], registry=r)
+        self.cache_misses = Counter("clip_cache_misses", "Embedding cache misses, by kind", ["kind"], registry=r)
+        self.dropped_items = Counter(
+            "clip_dropped_items",
+            "Items dropped before the model: caller gone (cancelled) or deadline passed (deadline)",
+            ["reason"],
+            registry=r,
+        )
+        self.oom = Counter(
+            "clip_oom_events", "Out-of-accelerator-memory errors caught (each one splits or fails a batch)", registry=r
+        )
+
+    # The engine's QueueObserver.
+    def dispatched(self, queue: str, waits_s: list[float]) -> None:
+        histogram = self.stage_seconds.labels("queue_wait")
+        for wait in waits_s:
+            histogram.observe(wait)
+
+    def dropped(self, queue: str, reason: str, count: int) -> None:
+        self.dropped_items.labels(reason).inc(count)
+
+    def add_gauges(self, read: Callable[[], Iterable[Metric]]) -> None:
+        """Register a function whose metric families are read at every scrape."""
+        self.registry.register(_Gauges(read))
+
+    def render(self) -> bytes:
+        """Return the text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _Gauges(Collector):
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        return self._read()
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    """Return an unlabelled gauge family holding `value`."""
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def labelled_gauge(name: str, documentation: str, label: str, values: dict[str, float]) -> GaugeMetricFamily:
+    """Return a gauge family with one sample per label value."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family

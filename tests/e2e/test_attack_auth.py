@@ -1,0 +1,378 @@
+"""Attack suite, authentication: tampered signatures and bodies, timestamps at the window edge,
+malformed and huge timestamps, replayed nonces, rotated secrets, raw paths, and insecure mode."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+from clip_client.signing import new_nonce, signed_headers, text_payload_id
+
+from app.auth.verify import UNAUTHORIZED_MESSAGE, AuthHeaders, MemoryNonceStore, RequestVerifier
+from app.errors import Overloaded, Unauthorized
+from app.main import make_verifier
+from tests.support.api import SECRET, call
+from tests.support.data import tiny_settings
+from tests.support.service import RunningService, run_service
+
+SKEW = 300
+NOW = 1_700_000_000
+PATH = "/v1/embed/text"
+PAYLOAD = text_payload_id("a photo of a cat")
+REFUSED = {"error": {"code": "unauthorized", "message": UNAUTHORIZED_MESSAGE}}
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def verifier(
+    secrets: list[str] | None = None, *, require_nonce: bool = False, store: MemoryNonceStore | None = None
+) -> RequestVerifier:
+    return RequestVerifier(
+        secrets or [SECRET],
+        max_skew_s=SKEW,
+        insecure=False,
+        require_nonce=require_nonce,
+        nonces=store if store is not None else MemoryNonceStore(1000, clock=Clock(0)),
+        clock=Clock(NOW),
+    )
+
+
+def headers(
+    secret: str = SECRET, *, ts: int | str = NOW, nonce: str | None = None, payload: str = PAYLOAD
+) -> AuthHeaders:
+    signed = signed_headers(secret, "POST", PATH, payload, timestamp=int(ts), nonce=nonce)
+    return AuthHeaders(timestamp=str(ts), signature=signed["X-Signature"], nonce=nonce)
+
+
+def verify(v: RequestVerifier, h: AuthHeaders, payload: str = PAYLOAD, path: str = PATH) -> None:
+    v.precheck(h)
+    v.verify("POST", path, payload, h)
+
+
+def test_verifier_accepts_valid_signature():
+    verify(verifier(), headers())
+
+
+@pytest.mark.parametrize("position", [0, 1, 31, 62, 63])
+def test_verifier_refuses_flipped_signature_byte(position):
+    h = headers()
+    sig = list(h.signature)
+    sig[position] = "0" if sig[position] != "0" else "1"
+    with pytest.raises(Unauthorized):
+        verify(verifier(), AuthHeaders(h.timestamp, "".join(sig), None))
+
+
+def test_verifier_accepts_uppercase_hex_signature():
+    h = headers()
+    verify(verifier(), AuthHeaders(h.timestamp, h.signature.upper(), None))
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["", "abc", "g" * 64, "a" * 63, "a" * 65, "é" * 64, "a" * 63 + "é", "\u0661" * 64, "a" * 4096],
+    ids=["empty", "short", "non-hex", "63", "65", "non-ascii", "non-ascii-last", "arabic-digits", "huge"],
+)
+def test_verifier_refuses_malformed_signature(signature):
+    with pytest.raises(Unauthorized):
+        verify(verifier(), AuthHeaders(str(NOW), signature, None))
+
+
+def test_verifier_refuses_body_changed_after_signing():
+    with pytest.raises(Unauthorized):
+        verify(verifier(), headers(), payload=text_payload_id("a photo of a dog"))
+
+
+@pytest.mark.parametrize("path", ["/v1/embed/image", "/v1/embed/%74ext", "/v1/embed/text/", "//v1/embed/text"])
+def test_verifier_refuses_other_path(path):
+    with pytest.raises(Unauthorized):
+        verify(verifier(), headers(), path=path)
+
+
+@pytest.mark.parametrize(
+    ("offset", "accepted"),
+    [(-SKEW, True), (-SKEW - 1, False), (SKEW, True), (SKEW + 1, False)],
+    ids=["stale-edge", "stale-edge+1s", "future-edge", "future-edge+1s"],
+)
+def test_verifier_timestamp_window_edge(offset, accepted):
+    h = headers(ts=NOW + offset)
+    if accepted:
+        verify(verifier(), h)
+    else:
+        with pytest.raises(Unauthorized):
+            verify(verifier(), h)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["abc", "12.5", "-5", "+5", "1e9", " 1700000000", "1700000000 ", "1700000000\n", "１７００", "0x10", "", None],
+)
+def test_verifier_refuses_non_numeric_timestamp(timestamp):
+    sig = headers().signature
+    with pytest.raises(Unauthorized):
+        verify(verifier(), AuthHeaders(timestamp, sig, None))
+
+
+@pytest.mark.parametrize("timestamp", ["9" * 12, "9" * 13, "9" * 100, str(2**64), "0", "0" * 12])
+def test_verifier_refuses_huge_or_zero_timestamp(timestamp):
+    sig = headers().signature
+    with pytest.raises(Unauthorized):
+        verify(verifier(), AuthHeaders(timestamp, sig, None))
+
+
+# --- nonces -------------------------------------------------------------------------------
+
+
+def test_verifier_refuses_replayed_nonce():
+    v, h = verifier(), headers(nonce=new_nonce())
+    verify(v, h)
+    with pytest.raises(Unauthorized):
+        verify(v, h)
+
+
+def test_verifier_accepts_fresh_nonces():
+    v = verifier()
+    for nonce in ("A" * 16, "b" * 64, "x-Y_z" * 4):
+        verify(v, headers(nonce=nonce))
+
+
+def test_verifier_forgets_nonce_after_twice_the_skew():
+    store_clock = Clock(0)
+    v = verifier(store=MemoryNonceStore(10, clock=store_clock))
+    h = headers(nonce=new_nonce())
+    verify(v, h)
+    store_clock.now = 2 * SKEW - 1
+    with pytest.raises(Unauthorized):
+        verify(v, h)
+    store_clock.now = 2 * SKEW
+    verify(v, h)  # by now the timestamp itself is outside the window in real use
+
+
+def test_verifier_refuses_nonce_not_covered_by_signature():
+    h = headers()  # signed without a nonce
+    with pytest.raises(Unauthorized):
+        verify(verifier(), AuthHeaders(h.timestamp, h.signature, new_nonce()))
+
+
+def test_verifier_refused_request_does_not_burn_nonce():
+    v, nonce = verifier(), new_nonce()
+    with pytest.raises(Unauthorized):
+        verify(v, headers("wrong-secret", nonce=nonce))
+    verify(v, headers(nonce=nonce))
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    ["a" * 15, "a" * 65, "a" * 15 + " ", "a" * 16 + "\n", "a+b/c=" * 4, "é" * 16, ""],
+    ids=["15", "65", "space", "newline", "base64-std", "non-ascii", "empty"],
+)
+def test_verifier_refuses_malformed_nonce(nonce):
+    h = headers(nonce=nonce)
+    with pytest.raises(Unauthorized):
+        verify(verifier(), h)
+
+
+def test_verifier_require_nonce_refuses_missing_nonce():
+    with pytest.raises(Unauthorized):
+        verify(verifier(require_nonce=True), headers())
+    verify(verifier(require_nonce=True), headers(nonce=new_nonce()))
+
+
+def test_nonce_store_refuses_when_full_of_live_nonces():
+    clock = Clock(0)
+    store = MemoryNonceStore(3, clock=clock)
+    assert [store.remember(f"n{i}", 10) for i in range(3)] == [True, True, True]
+    with pytest.raises(Overloaded):
+        store.remember("n3", 10)
+    assert store.remember("n0", 10) is False  # still remembered, not evicted
+    clock.now = 10
+    assert store.remember("n3", 10) is True
+    assert len(store) == 1
+
+
+def test_nonce_store_stays_bounded_under_flood():
+    clock = Clock(0)
+    store = MemoryNonceStore(100, clock=clock)
+    sizes = set()
+    for i in range(5000):
+        clock.now = i  # one nonce per tick, each living 100 ticks: the store holds at most 100
+        assert store.remember(f"flood-{i}", 100) is True
+        sizes.add(len(store))
+    assert max(sizes) == 100
+
+
+# --- key rotation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["new-secret-0123456789", "old-secret-0123456789"])
+def test_verifier_accepts_every_rotated_secret(secret):
+    verify(verifier(["new-secret-0123456789", "old-secret-0123456789"]), headers(secret))
+
+
+def test_verifier_refuses_retired_secret():
+    with pytest.raises(Unauthorized):
+        verify(verifier(["new-secret-0123456789"]), headers("old-secret-0123456789"))
+
+
+def test_make_verifier_splits_comma_separated_secrets():
+    v = make_verifier(tiny_settings(embedding_hmac_secret=" new-secret , old-secret ,"))
+    now = int(time.time())
+    for secret in ("new-secret", "old-secret"):
+        h = signed_headers(secret, "POST", PATH, PAYLOAD, timestamp=now)
+        v.verify("POST", PATH, PAYLOAD, AuthHeaders(h["X-Timestamp"], h["X-Signature"], None))
+
+
+@pytest.mark.parametrize("value", [",", " , ,", "  "])
+def test_settings_secret_of_only_commas_is_not_set(value):
+    with pytest.raises(ValueError, match="EMBEDDING_HMAC_SECRET is not set"):
+        tiny_settings(embedding_hmac_secret=value)
+
+
+def test_verifier_insecure_mode_accepts_anything():
+    v = RequestVerifier([], max_skew_s=SKEW, insecure=True, require_nonce=True, nonces=MemoryNonceStore(1))
+    verify(v, AuthHeaders(None, "garbage", "bad nonce"))
+
+
+def test_verifier_logs_reason_without_secret_or_signature(caplog):
+    h = headers("wrong-secret-987654321")
+    with caplog.at_level(logging.WARNING, logger="app.auth.verify"), pytest.raises(Unauthorized):
+        verify(verifier(), h)
+    assert caplog.messages == [f"auth refused: bad signature for POST {PATH!r}"]
+    assert SECRET not in caplog.text and "wrong-secret" not in caplog.text and h.signature not in caplog.text
+
+
+# --- through the API ------------------------------------------------------------------------
+
+BODY = {"text": "a photo of a cat"}
+
+
+def signed(secret: str = SECRET, *, ts: int | None = None, nonce: str | None = None, body: dict = BODY) -> dict:
+    return signed_headers(secret, "POST", PATH, text_payload_id(body["text"]), timestamp=ts, nonce=nonce)
+
+
+def tampered(h: dict[str, str], **changes: str) -> dict[str, str]:
+    return h | changes
+
+
+@pytest.mark.parametrize(
+    "make_headers",
+    [
+        dict,
+        lambda: {"X-Timestamp": str(int(time.time()))},
+        lambda: tampered(signed(), **{"X-Signature": "0" * 64}),
+        lambda: signed("wrong-secret"),
+        lambda: signed(ts=int(time.time()) - 3600),
+        lambda: signed(ts=int(time.time()) + 3600),
+        lambda: tampered(signed(), **{"X-Timestamp": "soon"}),
+        lambda: tampered(signed(), **{"X-Timestamp": "9" * 40}),
+        lambda: tampered(signed(), **{"X-Signature": "é" * 64}),
+        lambda: tampered(signed(), **{"X-Nonce": "short"}),
+        lambda: tampered(signed(), **{"X-Nonce": new_nonce()}),
+    ],
+    ids=[
+        "no-headers",
+        "no-signature",
+        "zero-signature",
+        "wrong-secret",
+        "stale",
+        "future",
+        "word-timestamp",
+        "huge-timestamp",
+        "non-ascii-signature",
+        "malformed-nonce",
+        "unsigned-nonce",
+    ],
+)
+def test_api_auth_failures_share_one_body(service, make_headers):
+    status, body, _ = call(service.base, PATH, BODY, secret=None, headers=make_headers())
+    assert (status, body) == (401, REFUSED)
+
+
+def test_api_refuses_body_changed_after_signing(service):
+    status, body, _ = call(service.base, PATH, {"text": "a photo of a dog"}, secret=None, headers=signed())
+    assert (status, body) == (401, REFUSED)
+
+
+def test_api_verifies_raw_path(service):
+    # The router decodes %74 to "t", but the signature must cover the path as sent.
+    status, body, _ = call(service.base, "/v1/embed/%74ext", BODY, secret=None, headers=signed())
+    assert (status, body) == (401, REFUSED)
+
+
+@pytest.fixture(scope="module")
+def rotated_service() -> Iterator[RunningService]:
+    settings = tiny_settings(embedding_hmac_secret="new-secret-0123456789,old-secret-0123456789", require_nonce=True)
+    with run_service(settings) as running:
+        yield running
+
+
+@pytest.mark.parametrize("secret", ["new-secret-0123456789", "old-secret-0123456789"])
+def test_api_accepts_every_rotated_secret(rotated_service, secret):
+    status, body, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=signed(secret, nonce=new_nonce()))
+    assert status == 200 and body["dim"] == 64
+
+
+def test_api_refuses_secret_not_configured(rotated_service):
+    status, body, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=signed(nonce=new_nonce()))
+    assert (status, body) == (401, REFUSED)
+
+
+def test_api_refuses_replayed_nonce(rotated_service):
+    h = signed("new-secret-0123456789", nonce=new_nonce())
+    first, _, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=h)
+    second, body, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=h)
+    assert (first, second, body) == (200, 401, REFUSED)
+
+
+def test_api_require_nonce_refuses_missing_nonce(rotated_service):
+    status, body, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=signed("new-secret-0123456789"))
+    assert (status, body) == (401, REFUSED)
+
+
+@pytest.fixture(scope="module")
+def insecure_service() -> Iterator[RunningService]:
+    with run_service(tiny_settings(embedding_hmac_secret=None, allow_insecure_auth=True)) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"X-Signature": "garbage", "X-Timestamp": "0", "X-Nonce": "x"}], ids=["unsigned", "garbage-headers"]
+)
+def test_api_insecure_mode_accepts_unsigned_request(insecure_service, extra):
+    status, body, _ = call(insecure_service.base, PATH, BODY, secret=None, headers=extra)
+    assert status == 200 and body["dim"] == 64
+    health_status, health, _ = call(insecure_service.base, "/health")
+    assert (health_status, health["auth"]) == (200, "insecure")
+
+
+# --- the legacy serverless handler shares the hostile-header rules ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "signature"),
+    [("now", "é" * 64), ("now", "a" * 63 + "é"), ("now\n", "ok"), ("now", "g" * 64)],
+    ids=["non-ascii-signature", "non-ascii-last", "timestamp-newline", "non-hex"],
+)
+async def test_legacy_handler_refuses_malformed_headers(timestamp, signature):
+    from clip_client.signing import legacy_message, sign
+
+    from app.legacy import LegacyHandler
+    from tests.support.fake_model import FakeEmbedder
+
+    url, now = "http://127.0.0.1/x.jpg", str(int(time.time()))
+    timestamp = timestamp.replace("now", now)
+    if signature == "ok":
+        signature = sign(SECRET, legacy_message(url, now))
+    handler = LegacyHandler(tiny_settings(), FakeEmbedder())
+    try:
+        out = await handler.handle({"input": {"image_url": url, "timestamp": timestamp, "signature": signature}})
+    finally:
+        await handler.aclose()
+    assert out == {"error": {"code": "unauthorized", "message": "missing or invalid signature"}}

@@ -1,0 +1,119 @@
+"""Graceful shutdown as an operator sees it: SIGTERM to a real `python -m app` with requests in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.api import SECRET, call
+from tests.support.data import jpeg_bytes
+from tests.support.imageserver import ImageServer
+from tests.support.service import wait_healthy
+from tests.support.stubs import free_port
+
+
+@contextmanager
+def app_process(log_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    full_env = (
+        os.environ
+        | {
+            "EMBEDDING_HMAC_SECRET": SECRET,
+            "CLIP_MODEL": "clip-tiny",
+            "CLIP_PRETRAINED": "none",
+            "DEVICE": "cpu",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "ALLOW_PRIVATE_URLS": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        | env
+    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "app"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(base, time.monotonic() + 90)
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _wait_for_status(base: str, status: int, timeout_s: float = 10) -> tuple[int, dict, dict[str, str]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = call(base, "/health", timeout=5)
+        if answer[0] == status or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.02)
+
+
+def _wait_for_count(images: ImageServer, prefix: str, n: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while images.count(prefix) < n:
+        assert time.monotonic() < deadline, f"only {images.count(prefix)} of {n} requests reached the image server"
+        time.sleep(0.01)
+
+
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path):
+    log_path = tmp_path / "server.log"
+    with ImageServer() as images, app_process(log_path, SHUTDOWN_GRACE_S="30") as (proc, base):
+        images.files["a.jpg"] = jpeg_bytes(96, 64, 3)
+        with ThreadPoolExecutor(3) as pool:
+            in_flight = [
+                pool.submit(call, base, "/v1/embed/image", {"image_url": images.url("gated/a.jpg")}, timeout=60)
+                for _ in range(3)
+            ]
+            _wait_for_count(images, "/gated/", 3)
+            proc.send_signal(signal.SIGTERM)
+            health = _wait_for_status(base, 503)
+            live = call(base, "/live")
+            refused = call(base, "/v1/embed/text", {"text": "too late"})
+            still_running = proc.poll() is None
+            images.gate.set()
+            answers = [f.result(60) for f in in_flight]
+        exit_code = proc.wait(30)
+    assert (health[0], health[1]["status"], health[2]["retry-after"]) == (503, "draining", "1")
+    assert live[0] == 200  # the listener stays open while draining
+    assert (refused[0], refused[1]["error"]["code"], refused[2]["retry-after"]) == (503, "unavailable", "1")
+    assert still_running
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert all(len(body["embedding"]) == 64 for _, body, _ in answers)
+    assert exit_code == 0
+    entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    messages = [e["msg"] for e in entries]
+    assert "signal 15: draining before shutdown" in messages
+    assert "draining: 3 request(s) in flight, waiting up to 30s" in messages
+    statuses = [(e["endpoint"], e["status"]) for e in entries if e["logger"] == "app.request"]
+    assert statuses.count(("/v1/embed/image", 200)) == 3 and ("/v1/embed/text", 503) in statuses
+
+
+def test_sigterm_stops_after_grace_when_a_request_hangs(tmp_path):
+    with ImageServer() as images, app_process(tmp_path / "server.log", SHUTDOWN_GRACE_S="0.5") as (proc, base):
+        images.files["a.jpg"] = jpeg_bytes(96, 64, 3)
+        with ThreadPoolExecutor(1) as pool:
+            hung = pool.submit(call, base, "/v1/embed/image", {"image_url": images.url("gated/a.jpg")}, timeout=60)
+            _wait_for_count(images, "/gated/", 1)
+            proc.send_signal(signal.SIGTERM)
+            exit_code = proc.wait(30)
+            images.gate.set()
+            outcome = hung.exception(30) or hung.result(30)[0]
+    assert exit_code == 0
+    assert outcome != 200  # cut off after the grace period: the connection closed without an answer
+    assert "grace period over with 1 request(s) still in flight" in (tmp_path / "server.log").read_text()
+
+
+def test_sigterm_when_idle_exits_0(tmp_path):
+    with app_process(tmp_path / "server.log") as (proc, _):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
