@@ -37,7 +37,7 @@ COPY handler.py ./
 # Fetch the weights at build time (the service's own loader, warm-up included) so a cold start
 # downloads nothing.
 RUN ALLOW_INSECURE_AUTH=1 DEVICE=cpu python -c \
-    "from app.legacy import load_embedder; from app.settings import Settings; load_embedder(Settings())" \
+    "from app.inference.loading import load_clip; from app.settings import Settings; load_clip(Settings())" \
     && mkdir -p /opt/hf-cache \
     && useradd --system --uid 10001 --home-dir /srv --shell /usr/sbin/nologin clip \
     && chmod -R a+rX /opt/hf-cache /srv

@@ -13,16 +13,19 @@ ServiceError                 base; `code` is the stable machine-readable name in
 ├── Overloaded               overloaded       no room in the queue, or out of accelerator memory
 └── Unavailable              unavailable      loading, draining or engine stopped
 
+The codes are `clip_client.codes.ErrorCode` members, shared with the client that maps them.
 Only `app.api.errors` turns these into HTTP status codes.
 """
 
 from __future__ import annotations
 
+from clip_client.codes import ErrorCode
+
 
 class ServiceError(Exception):
     """Base of every error the service reports to a caller."""
 
-    code = "internal_error"
+    code: str = ErrorCode.INTERNAL_ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -30,44 +33,44 @@ class ServiceError(Exception):
 
 
 class Unauthorized(ServiceError):
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class InvalidRequest(ServiceError):
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class InvalidUrl(ServiceError):
-    code = "invalid_url"
+    code = ErrorCode.INVALID_URL
 
 
 class UrlNotAllowed(ServiceError):
-    code = "url_not_allowed"
+    code = ErrorCode.URL_NOT_ALLOWED
 
 
 class DownloadFailed(ServiceError):
-    code = "download_failed"
+    code = ErrorCode.DOWNLOAD_FAILED
 
 
 class DownloadTimeout(ServiceError):
-    code = "download_timeout"
+    code = ErrorCode.DOWNLOAD_TIMEOUT
 
 
 class ImageTooLarge(ServiceError):
-    code = "image_too_large"
+    code = ErrorCode.IMAGE_TOO_LARGE
 
 
 class InvalidImage(ServiceError):
-    code = "invalid_image"
+    code = ErrorCode.INVALID_IMAGE
 
 
 class RequestTooLarge(ServiceError):
-    code = "request_too_large"
+    code = ErrorCode.REQUEST_TOO_LARGE
 
 
 class Overloaded(ServiceError):
-    code = "overloaded"
+    code = ErrorCode.OVERLOADED
 
 
 class Unavailable(ServiceError):
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE

@@ -17,11 +17,12 @@ from app.api.limits import BodyLimitMiddleware
 from app.api.observe import ObserveMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import SIGNED_BODIES, router
-from app.auth.verify import MemoryNonceStore, RequestVerifier
-from app.fetch.download import ImageFetcher, make_session
-from app.fetch.urlguard import GuardedResolver, Lookup, make_guard, system_lookup
+from app.auth.verify import make_verifier
+from app.fetch.download import make_fetcher
+from app.fetch.urlguard import Lookup, system_lookup
 from app.inference.engine import Engine, model_executor
-from app.inference.model import ClipEmbedder, Embedder, ModelLoadError, resolve_device
+from app.inference.loading import load_clip
+from app.inference.model import Embedder, ModelLoadError
 from app.inference.model_guard import GuardedEmbedder
 from app.ops.lifecycle import Lifecycle
 from app.pipeline import EmbeddingPipeline
@@ -31,36 +32,6 @@ from app.settings import Settings
 log = logging.getLogger("app")
 
 EmbedderFactory = Callable[[Settings], Embedder]
-
-
-def load_clip(settings: Settings) -> Embedder:
-    """Load the configured open_clip model and run its warm-up forward."""
-    device = resolve_device(settings.device)
-    embedder = ClipEmbedder(
-        settings.clip_model,
-        settings.clip_pretrained,
-        device,
-        precision=settings.model_dtype,
-        buckets=settings.compile_buckets(device),
-        compile=settings.engine_compile,
-        packed_linear=settings.cpu_packed_linear,
-    )
-    embedder.warm_up()
-    return embedder
-
-
-def make_verifier(settings: Settings) -> RequestVerifier:
-    secret = settings.embedding_hmac_secret
-    keys = [k.strip() for k in secret.get_secret_value().split(",") if k.strip()] if secret else []
-    if settings.allow_insecure_auth:
-        log.warning("ALLOW_INSECURE_AUTH=1: requests are NOT authenticated (development only)")
-    return RequestVerifier(
-        keys,
-        max_skew_s=settings.auth_max_skew_s,
-        insecure=settings.allow_insecure_auth,
-        require_nonce=settings.require_nonce,
-        nonces=MemoryNonceStore(settings.nonce_cache_size),
-    )
 
 
 def create_app(
@@ -81,17 +52,9 @@ def create_app(
         services = Services.create(settings, make_verifier(settings))
         if lifecycle is not None:
             lifecycle.services = services
-        guard = make_guard(settings, lookup)
-        session = make_session(settings.download_concurrency, GuardedResolver(guard))
+        fetcher = make_fetcher(settings, lookup)
         cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
         model_thread = model_executor()
-        fetcher = ImageFetcher(
-            session,
-            guard,
-            max_bytes=settings.max_image_size_bytes,
-            timeout_s=settings.image_download_timeout_s,
-            concurrency=settings.download_concurrency,
-        )
 
         async def load() -> None:
             started = time.perf_counter()
@@ -155,7 +118,7 @@ def create_app(
             await asyncio.gather(loader, return_exceptions=True)
             if services.engine is not None:
                 await services.engine.stop()
-            await session.close()
+            await fetcher.aclose()
             cpu_pool.shutdown(wait=False, cancel_futures=True)
             # Let a running batch end (as the engine did when it owned the thread); a load in progress is not waited for.
             model_thread.shutdown(wait=services.engine is not None, cancel_futures=True)

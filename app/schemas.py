@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# A hard cap for parsing; MAX_BATCH_SIZE (usually far lower) is enforced by the route.
-PARSE_MAX_URLS = 1024
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -17,7 +14,11 @@ class EmbedImageRequest(_Strict):
 
 
 class EmbedImageBatchRequest(_Strict):
-    image_urls: list[str] = Field(min_length=1, max_length=PARSE_MAX_URLS)
+    # The upper bound is MAX_BATCH_SIZE, checked by the route so that every list too long gets one message
+    # naming it; MAX_REQUEST_BYTES bounds what is parsed.
+    image_urls: list[str] = Field(
+        min_length=1, description="1 to MAX_BATCH_SIZE URLs (`max_batch_size` in GET /health)"
+    )
 
 
 class EmbedTextRequest(_Strict):

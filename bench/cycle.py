@@ -24,8 +24,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
-from bench.procs import free_port, stop, wait_healthy
+from scripts.procs import free_port, spawn, stop, wait_healthy
 
 SECRET = "bench-cycle-secret"
 
@@ -40,8 +41,9 @@ def serve(port: int, out: str) -> None:
     from starlette.types import Message, Receive, Scope, Send
 
     import app.__main__
+    from app.inference.loading import load_clip
     from app.inference.model import Embedder
-    from app.main import create_app, load_clip
+    from app.main import create_app
     from app.ops.heap import settle_heap
     from app.ops.logs import configure_logging
     from app.settings import Settings
@@ -146,9 +148,9 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "events.json")
-        server = subprocess.Popen([sys.executable, "-m", "bench.cycle", "--serve", str(port), "--out", out], env=env)
+        server = spawn(["-m", "bench.cycle", "--serve", str(port), "--out", out], env)
         try:
-            wait_healthy(f"http://127.0.0.1:{port}", server, 300)
+            wait_healthy(f"http://127.0.0.1:{port}", time.monotonic() + 300, server)
             command = [
                 sys.executable,
                 "-m",

@@ -26,7 +26,7 @@ import uvloop
 from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
 
 from bench import static
-from bench.procs import free_port, stop
+from scripts.procs import free_port, stop
 
 CAPTIONS = [
     "a photo of a cat on a sofa",

@@ -22,13 +22,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import open_clip
 import torch
 from PIL import Image
 
-from bench.procs import cpu_seconds, free_port, stop, wait_healthy
+from bench.procs import cpu_seconds
+from scripts.procs import free_port, spawn, stop, wait_healthy
 
 SECRET = "bench-overhead-secret"
 
@@ -98,12 +100,11 @@ def measure(kind: str, clients: int, batch: int, duration: float, settle: bool) 
         "ALLOW_PRIVATE_URLS": "1",
         "MAX_BATCH_SIZE": str(max(16, batch)),  # the default (16) would refuse larger image batches
     }
-    args = [sys.executable, "-m", "bench.overhead", "--serve", str(port)] + ([] if settle else ["--no-settle"])
-    server = subprocess.Popen(args, env=env)
+    server = spawn(["-m", "bench.overhead", "--serve", str(port)] + ([] if settle else ["--no-settle"]), env)
     try:
         with tempfile.TemporaryDirectory() as photos:
             tiny_photos(photos)
-            wait_healthy(f"http://127.0.0.1:{port}", server, 60)
+            wait_healthy(f"http://127.0.0.1:{port}", time.monotonic() + 60, server)
             before, loop_before = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
             command = [sys.executable, "-m", "bench.load", "--json", "--server", f"http://127.0.0.1:{port}"]
             command += ["--kind", kind, "-c", str(clients), "-b", str(batch), "--duration", str(duration)]

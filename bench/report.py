@@ -15,8 +15,10 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from bench.procs import free_port, stop, wait_healthy
+from scripts.procs import free_port, spawn, stop, wait_healthy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -81,9 +83,9 @@ def main() -> None:
     ]
     limit = _json_of(limit_cmd, env)
     before = dict(limit)
-    server = subprocess.Popen([py, "-m", "app"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    server = spawn(["-m", "app"], env, log=Path(os.devnull))
     try:
-        wait_healthy(base, server, 300)
+        wait_healthy(base, time.monotonic() + 300, server)
 
         def load(kind: str, c: int, b: int, duration: float) -> dict:
             return _json_of(

@@ -23,19 +23,19 @@ import os
 import random
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import numpy as np
 from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
 
-from bench.procs import free_port
 from bench.soak_images import BROKEN_NAMES, OVERSIZED_NAMES, ImageHost, start_host
+from scripts.procs import free_port, spawn, wait_healthy
 
 TEXTS = [
     "a photo of a cat",
@@ -240,24 +240,16 @@ async def main_async(args: argparse.Namespace) -> int:
         "LOG_LEVEL": "warning",
         "MAX_QUEUED_ITEMS": str(args.max_queued),
     }
-    # Kept open for the server's whole life and named in the report; closed in the finally below.
-    log = tempfile.NamedTemporaryFile(prefix="soak-server-", suffix=".log", delete=False)  # noqa: SIM115
+    # Named in the report; kept after the run.
+    fd, log_name = tempfile.mkstemp(prefix="soak-server-", suffix=".log")
+    os.close(fd)
     # Started once, before the load: blocking the loop here costs nothing.
-    server = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    server = spawn(["-m", "app"], env, log=Path(log_name))
     soak = Soak(base, secret, host, args.seed, args.atol)
     timeout = aiohttp.ClientTimeout(total=180)
     try:
+        await asyncio.to_thread(wait_healthy, base, time.monotonic() + 300, server, Path(log_name))
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=1024)) as session:
-            for _ in range(600):
-                try:
-                    async with session.get(base + "/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if server.poll() is not None:
-                    raise SystemExit(f"server exited with {server.returncode}; log: {log.name}")
-                await asyncio.sleep(0.5)
             await soak.references(session)
             capacity = await soak.capacity(session, args.calibrate_s)
             rss_idle = rss_mib(server.pid)
@@ -284,9 +276,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
         exit_code = server.wait(60)
-        log.close()
         await runner.cleanup()
-    return print_report(args, soak.report, sent, elapsed, rss, metrics, exit_code, log.name)
+    return print_report(args, soak.report, sent, elapsed, rss, metrics, exit_code, log_name)
 
 
 async def sample_rss(pid: int, samples: list[tuple[float, float]], every_s: float = 2.0) -> None:

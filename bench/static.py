@@ -20,7 +20,7 @@ import time
 
 from aiohttp import web
 
-from bench.procs import stop
+from scripts.procs import stop
 
 
 def load_photos(folder: str, pattern: str) -> dict[str, tuple[bytes, str]]:

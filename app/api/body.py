@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from app.api.observe import RequestRecord
 from app.auth.verify import AuthHeaders
 from app.errors import InvalidRequest
 
@@ -30,9 +31,15 @@ _SIGNATURE_HEADERS = (
 
 
 def auth_headers(request: Request) -> AuthHeaders:
-    """Return the request's signature headers (None where absent)."""
+    """Return the request's signature headers (None where absent) and its id, which a refusal's log line carries."""
     h = request.headers
-    return AuthHeaders(timestamp=h.get("x-timestamp"), signature=h.get("x-signature"), nonce=h.get("x-nonce"))
+    record = getattr(request.state, "record", None)
+    return AuthHeaders(
+        timestamp=h.get("x-timestamp"),
+        signature=h.get("x-signature"),
+        nonce=h.get("x-nonce"),
+        request_id=record.request_id if isinstance(record, RequestRecord) else None,
+    )
 
 
 async def parse_body(request: Request, model: type[M]) -> M:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import orjson
+from clip_client.codes import ErrorCode
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -29,11 +30,11 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
 }
 RETRY_AFTER_S = "1"
 _HTTP_CODES = {
-    400: "invalid_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
+    400: ErrorCode.INVALID_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.REQUEST_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
 }
 
 
@@ -87,17 +88,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        _note(request, "invalid_request")
-        return error_response("invalid_request", _describe_validation(exc), 422)
+        _note(request, ErrorCode.INVALID_REQUEST)
+        return error_response(ErrorCode.INVALID_REQUEST, _describe_validation(exc), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
         _note(request, code)
         return error_response(code, str(exc.detail), exc.status_code, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> Response:
-        _note(request, "internal_error")
+        _note(request, ErrorCode.INTERNAL_ERROR)
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response("internal_error", "internal server error", 500)
+        return error_response(ErrorCode.INTERNAL_ERROR, "internal server error", 500)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+from clip_client.codes import ErrorCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_body
@@ -53,7 +54,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:
-        payload = orjson.dumps(error_body("request_too_large", message))
+        payload = orjson.dumps(error_body(ErrorCode.REQUEST_TOO_LARGE, message))
         await send(
             {
                 "type": "http.response.start",

@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from clip_client.codes import ErrorCode
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,7 +89,7 @@ class ObserveMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             status = 500
-            record.error_code = record.error_code or "internal_error"
+            record.error_code = record.error_code or ErrorCode.INTERNAL_ERROR
             raise
         finally:
             if tracked:

@@ -95,7 +95,9 @@ async def embed_image_batch(call: EmbedCallDep) -> Response:
     call.signed.verify(batch_payload_id(body.image_urls))
     limit = call.services.settings.max_batch_size
     if len(body.image_urls) > limit:
-        raise InvalidRequest(f"image_urls holds {len(body.image_urls)} URLs; at most {limit} are accepted")
+        raise InvalidRequest(
+            f"image_urls holds {len(body.image_urls)} URLs; at most MAX_BATCH_SIZE={limit} are accepted per request"
+        )
     info = call.info
     outcomes = await call.pipeline.embed_images(body.image_urls)
     results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]

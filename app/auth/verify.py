@@ -1,4 +1,8 @@
-"""Verify HMAC-signed requests (the scheme itself lives in `clip_client.signing`)."""
+"""Verify HMAC-signed requests, the service's scheme and the legacy job's (both defined in `clip_client.signing`).
+
+Every refusal looks the same to the caller; its reason goes to the log only, as one warning
+"auth refused: <reason>" carrying the request's id (`request_id`), never a secret or a signature.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
-from clip_client.signing import canonical_message, signature_matches
+from clip_client.signing import canonical_message, legacy_message, signature_matches
 
 from app.errors import Overloaded, Unauthorized
+from app.settings import Settings
 
 log = logging.getLogger("app.auth.verify")
 
@@ -24,15 +29,32 @@ _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 _SIGNATURE_RE = re.compile(r"\s*[0-9A-Fa-f]{64}\s*")
 # Every failure looks the same to the caller; the reason goes to the log only.
 UNAUTHORIZED_MESSAGE = "missing or invalid request signature"
+LEGACY_UNAUTHORIZED_MESSAGE = "missing or invalid signature"
+_NO_KEY_SIGNS = "no EMBEDDING_HMAC_SECRET key signs this request"
 
 
 @dataclass(frozen=True, slots=True)
 class AuthHeaders:
-    """The signature headers of one request, as sent."""
+    """The signature headers of one request, as sent, and the id its log lines carry (X-Request-ID)."""
 
     timestamp: str | None
     signature: str | None
     nonce: str | None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """Who is being checked: the id to log a refusal under, and the message the caller gets."""
+
+    request_id: str | None
+    message: str = UNAUTHORIZED_MESSAGE
+
+    def refuse(self, reason: str, **fields: object) -> NoReturn:
+        """Log why (with the request id and `fields`), then raise the caller's one Unauthorized."""
+        extra = fields if self.request_id is None else {"request_id": self.request_id, **fields}
+        log.warning("auth refused: %s", reason, extra=extra)
+        raise Unauthorized(self.message)
 
 
 class NonceStore(Protocol):
@@ -75,7 +97,7 @@ class RequestVerifier:
 
     def __init__(
         self,
-        secrets: list[str],
+        secrets: Sequence[str],
         *,
         max_skew_s: int,
         insecure: bool,
@@ -94,46 +116,90 @@ class RequestVerifier:
         """Refuse missing, malformed or stale headers without looking at the payload."""
         if self.insecure:
             return
-        self._check_timestamp(headers.timestamp)
-        self._check_signature(headers.signature)
+        attempt = _Attempt(headers.request_id)
+        self._check_timestamp(headers.timestamp, attempt)
+        self._check_signature(headers.signature, attempt)
 
     def verify(self, method: str, path: str, payload_id: str, headers: AuthHeaders) -> None:
         """Raise Unauthorized unless the headers sign this request; remember its nonce."""
         if self.insecure:
             return
-        ts = self._check_timestamp(headers.timestamp)
-        signature = self._check_signature(headers.signature)
+        attempt = _Attempt(headers.request_id)
+        ts = self._check_timestamp(headers.timestamp, attempt)
+        signature = self._check_signature(headers.signature, attempt)
         nonce = headers.nonce
         if nonce is not None and not _NONCE_RE.fullmatch(nonce):
-            self._refuse("malformed X-Nonce")
+            attempt.refuse("malformed X-Nonce (expected 16-64 characters of A-Za-z0-9_-)")
         if nonce is None and self._require_nonce:
-            self._refuse("missing X-Nonce (REQUIRE_NONCE=1)")
-        message = canonical_message(method, path, payload_id, ts, nonce)
+            attempt.refuse("missing X-Nonce (REQUIRE_NONCE=1)")
+        if not self._signed_by_a_key(canonical_message(method, path, payload_id, ts, nonce), signature):
+            attempt.refuse(
+                f"bad signature for {method} {path!r}: {_NO_KEY_SIGNS} (method, path, body, timestamp, nonce)"
+            )
+        if nonce is not None and not self._nonces.remember(nonce, 2 * self._max_skew_s):
+            attempt.refuse("reused X-Nonce: a request with this nonce was already accepted (a replay?)")
+
+    def verify_legacy(
+        self, image_url: str, timestamp: object, signature: object, request_id: str | None = None
+    ) -> None:
+        """Raise Unauthorized unless `signature` signs the legacy job `image_url|timestamp` (the scheme has no nonce).
+
+        `timestamp` may be an int or a string of digits, as legacy clients send either.
+        """
+        if self.insecure:
+            return
+        attempt = _Attempt(request_id, LEGACY_UNAUTHORIZED_MESSAGE)
+        if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int | str)):
+            attempt.refuse("malformed timestamp")
+        ts = self._check_timestamp(None if timestamp is None else str(timestamp), attempt, "timestamp")
+        if signature is not None and not isinstance(signature, str):
+            attempt.refuse("malformed signature (expected 64 hex characters)")
+        checked = self._check_signature(signature if isinstance(signature, str) else None, attempt, "signature")
+        if not self._signed_by_a_key(legacy_message(image_url, ts), checked):
+            attempt.refuse(f"bad signature for the legacy job: {_NO_KEY_SIGNS} (image_url, timestamp)")
+
+    def _signed_by_a_key(self, message: str, signature: str) -> bool:
         # Check every secret so the time taken does not say which one matched.
         matches = [signature_matches(key, message, signature) for key in self._secrets]
-        if not any(matches):
-            self._refuse(f"bad signature for {method} {path!r}")
-        if nonce is not None and not self._nonces.remember(nonce, 2 * self._max_skew_s):
-            self._refuse("replayed nonce")
+        return any(matches)
 
-    def _check_timestamp(self, raw: str | None) -> str:
+    def _check_timestamp(self, raw: str | None, attempt: _Attempt, name: str = "X-Timestamp") -> str:
         if raw is None or raw == "":
-            self._refuse("missing X-Timestamp")
+            attempt.refuse(f"missing {name}")
         if not _TIMESTAMP_RE.fullmatch(raw):
-            self._refuse("malformed X-Timestamp")
-        skew = abs(int(self._clock()) - int(raw))
-        if skew > self._max_skew_s:
-            self._refuse(f"timestamp outside the window ({skew}s > {self._max_skew_s}s)")
-        return raw
-
-    def _check_signature(self, raw: str | None) -> str:
-        if not raw:
-            self._refuse("missing X-Signature")
-        if not _SIGNATURE_RE.fullmatch(raw):
-            self._refuse("malformed X-Signature (expected 64 hex characters)")
+            attempt.refuse(f"malformed {name} (expected Unix seconds)")
+        client, server = int(raw), int(self._clock())
+        skew = client - server
+        if abs(skew) > self._max_skew_s:
+            attempt.refuse(
+                f"clock skew: {name} {client} is {abs(skew)}s {'ahead of' if skew > 0 else 'behind'} the server's "
+                f"clock {server} (AUTH_MAX_SKEW_S={self._max_skew_s})",
+                client_time=client,
+                server_time=server,
+                skew_s=skew,
+            )
         return raw
 
     @staticmethod
-    def _refuse(reason: str) -> NoReturn:
-        log.warning("auth refused: %s", reason)
-        raise Unauthorized(UNAUTHORIZED_MESSAGE)
+    def _check_signature(raw: str | None, attempt: _Attempt, name: str = "X-Signature") -> str:
+        if not raw:
+            attempt.refuse(f"missing {name}")
+        if not _SIGNATURE_RE.fullmatch(raw):
+            attempt.refuse(f"malformed {name} (expected 64 hex characters)")
+        return raw
+
+
+def make_verifier(
+    settings: Settings, nonces: NonceStore | None = None, clock: Callable[[], float] = time.time
+) -> RequestVerifier:
+    """Build the verifier the auth settings describe: every EMBEDDING_HMAC_SECRET key, the skew window, nonces."""
+    if settings.allow_insecure_auth:
+        log.warning("ALLOW_INSECURE_AUTH=1: requests are NOT authenticated (development only)")
+    return RequestVerifier(
+        settings.hmac_keys,
+        max_skew_s=settings.auth_max_skew_s,
+        insecure=settings.allow_insecure_auth,
+        require_nonce=settings.require_nonce,
+        nonces=nonces if nonces is not None else MemoryNonceStore(settings.nonce_cache_size),
+        clock=clock,
+    )

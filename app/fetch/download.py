@@ -7,7 +7,9 @@ the session's connector resolves host names only through the guard (see `app.fet
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import zlib
 
 import aiohttp
@@ -15,7 +17,8 @@ from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from app.errors import DownloadFailed, DownloadTimeout, ImageTooLarge, InvalidUrl, ServiceError
-from app.fetch.urlguard import UrlGuard
+from app.fetch.urlguard import GuardedResolver, Lookup, UrlGuard, make_guard
+from app.settings import Settings
 
 log = logging.getLogger("app.fetch.download")
 
@@ -65,6 +68,56 @@ def make_session(connections: int, resolver: AbstractResolver) -> aiohttp.Client
     )
 
 
+def make_fetcher(settings: Settings, lookup: Lookup | None = None) -> ImageFetcher:
+    """Build the fetcher the download settings describe, on a new guarded session; `aclose()` closes it.
+
+    Call it inside the event loop that will use it: the session belongs to that loop.
+    """
+    guard = make_guard(settings, lookup)
+    return ImageFetcher(
+        make_session(settings.download_concurrency, GuardedResolver(guard)),
+        guard,
+        max_bytes=settings.max_image_size_bytes,
+        timeout_s=settings.image_download_timeout_s,
+        concurrency=settings.download_concurrency,
+    )
+
+
+def describe_client_error(exc: aiohttp.ClientError) -> str:
+    """Say in words what went wrong talking to the image server (aiohttp's type names mean little to a caller)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "TLS error: the image server's certificate is not valid for it"
+    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch):
+        return "TLS error"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host not found"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _describe_os_error(exc.os_error)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the image server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the image server's body was cut short or malformed"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "the image server's answer is not valid HTTP"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return _describe_os_error(exc)
+    return "network error"
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "host not found"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError) or exc.errno == errno.ECONNRESET:
+        return "connection reset"
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "host unreachable"
+    return "could not connect"
+
+
 class ImageFetcher:
     """Download one image at a time per slot; at most `concurrency` downloads run process-wide."""
 
@@ -96,7 +149,11 @@ class ImageFetcher:
             except aiohttp.InvalidURL:
                 raise InvalidUrl("URL cannot be fetched") from None
             except aiohttp.ClientError as exc:
-                raise DownloadFailed(f"could not fetch image: {type(exc).__name__}") from None
+                raise DownloadFailed(f"could not fetch image: {describe_client_error(exc)}") from None
+
+    async def aclose(self) -> None:
+        """Close the HTTP session the fetcher downloads with."""
+        await self._session.close()
 
     async def _follow(self, url: URL) -> bytes:
         """GET `url`, following up to MAX_REDIRECTS redirects by hand, each target checked again."""

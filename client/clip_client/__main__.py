@@ -1,8 +1,9 @@
 """Operator's command line: `python -m clip_client health|image URL|images URL...|text "..."`.
 
 Prints one JSON document on stdout. Exit status: 0 success; 1 the request (or any image of
-`images`) failed, with `{"error": {"code", "message"}}` printed; 2 bad usage or configuration.
-Backend and credentials come from the environment (see `clip_client.config`).
+`images`) failed, with `{"error": {"code", "message"}}` printed (plus the server's `request_id` when
+known, and a `hint` for an unauthorized request); 2 bad usage or configuration. Backend and
+credentials come from the environment (see `clip_client.config`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import sys
 
-from clip_client.errors import ClipClientError, ClipConfigError
+from clip_client.errors import ClipAuthError, ClipClientError, ClipConfigError
 from clip_client.factory import ClipClient, make_clip_client
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -47,6 +48,30 @@ async def _run(client: ClipClient, args: argparse.Namespace) -> tuple[dict[str, 
         return document, EXIT_FAILED if failed else EXIT_OK
 
 
+def auth_hint(exc: ClipAuthError, backend: str) -> str:
+    """Say what to check after a 401: the one reason is in the server's log only, under the request id."""
+    checks = (
+        "check that EMBEDDING_HMAC_SECRET here is one of the server's EMBEDDING_HMAC_SECRET keys, and that "
+        "this machine's clock is within the server's AUTH_MAX_SKEW_S (300 s unless set) of the server's clock"
+    )
+    if backend == "runpod_serverless":
+        checks += "; a 401 from RunPod itself means RUNPOD_API_KEY is wrong"
+    if exc.request_id:
+        return f"{checks}; the server logs the reason as 'auth refused' with request_id {exc.request_id}"
+    return f"{checks}; the server logs the reason as 'auth refused'"
+
+
+def error_document(exc: ClipClientError, backend: str | None) -> dict[str, object]:
+    """Return the `{"error": ...}` the CLI prints for `exc`."""
+    error: dict[str, object] = {"code": exc.code, "message": exc.message}
+    request_id = getattr(exc, "request_id", None)
+    if request_id:
+        error["request_id"] = request_id
+    if isinstance(exc, ClipAuthError) and backend is not None:
+        error["hint"] = auth_hint(exc, backend)
+    return {"error": error}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -54,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    backend: str | None = None
     try:
         client = make_clip_client()
+        backend = client.backend
         document, status = asyncio.run(_run(client, args))
     except ClipClientError as exc:
-        document = {"error": {"code": exc.code, "message": exc.message}}
+        document = error_document(exc, backend)
         status = EXIT_USAGE if isinstance(exc, ClipConfigError) else EXIT_FAILED
     try:
         print(json.dumps(document), flush=True)

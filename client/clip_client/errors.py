@@ -1,4 +1,4 @@
-"""The exceptions every client method raises; each has a stable `code` (as in the service's errors).
+"""The exceptions every client method raises; each has a stable `code` (`clip_client.codes.ErrorCode`).
 
 ClipClientError                 base of everything below
 ├── ClipConfigError             config_error      missing or invalid configuration (environment)
@@ -11,17 +11,21 @@ ClipClientError                 base of everything below
 └── ClipUnavailableError        unavailable       still failing after every retry (connection, 429, 502-504)
     └── ClipTimeoutError        timeout           ... and the last attempt timed out
 
-`ClipRequestError.status` is the HTTP status (None when the error came inside a 200, as from the
-serverless handler); `ClipUnavailableError.attempts` says how many attempts were made.
+`status` of ClipRequestError and ClipServerError is the HTTP status (None when the error came inside
+a 200, as from the serverless handler), and `request_id` the id the server logged the request under
+(the pod's X-Request-ID, the serverless job's id): the server's log line says why it refused.
+`ClipUnavailableError.attempts` says how many attempts were made.
 """
 
 from __future__ import annotations
+
+from clip_client.codes import IMAGE_FETCH_CODES, REQUEST_REFUSED_CODES, ErrorCode
 
 
 class ClipClientError(Exception):
     """Base of every error the client raises."""
 
-    code = "client_error"
+    code: str = ErrorCode.CLIENT_ERROR
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -31,47 +35,53 @@ class ClipClientError(Exception):
 
 
 class ClipConfigError(ClipClientError):
-    code = "config_error"
+    code = ErrorCode.CONFIG_ERROR
 
 
 class ClipNotSupportedError(ClipClientError):
-    code = "not_supported"
+    code = ErrorCode.NOT_SUPPORTED
 
 
 class ClipRequestError(ClipClientError):
     """The server answered and said no; retrying the same request would not help."""
 
-    code = "request_refused"
+    code = ErrorCode.REQUEST_REFUSED
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, status: int | None = None, request_id: str | None = None
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.request_id = request_id
 
 
 class ClipAuthError(ClipRequestError):
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class ClipInvalidRequestError(ClipRequestError):
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class ClipImageFetchError(ClipRequestError):
-    code = "download_failed"
+    code = ErrorCode.DOWNLOAD_FAILED
 
 
 class ClipServerError(ClipClientError):
-    code = "server_error"
+    code = ErrorCode.SERVER_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, status: int | None = None, request_id: str | None = None
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.request_id = request_id
 
 
 class ClipUnavailableError(ClipClientError):
     """Every attempt failed with a retryable outcome."""
 
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE
 
     def __init__(self, message: str, *, attempts: int, status: int | None = None) -> None:
         super().__init__(message)
@@ -80,21 +90,19 @@ class ClipUnavailableError(ClipClientError):
 
 
 class ClipTimeoutError(ClipUnavailableError):
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
-# Service error codes that mean "the image host failed", not "the service is unavailable".
-IMAGE_FETCH_CODES = frozenset({"download_failed", "download_timeout"})
-
-
-def error_for(code: str, message: str, status: int | None) -> ClipClientError:
+def error_for(code: str, message: str, status: int | None, request_id: str | None = None) -> ClipClientError:
     """Map a refusal (HTTP status and/or the service's error code) to its exception."""
-    if status == 401 or status == 403 or code == "unauthorized":
-        return ClipAuthError(message, code="unauthorized", status=status)
+    if status == 401 or status == 403 or code == ErrorCode.UNAUTHORIZED:
+        return ClipAuthError(message, code=ErrorCode.UNAUTHORIZED, status=status, request_id=request_id)
     if code in IMAGE_FETCH_CODES:
-        return ClipImageFetchError(message, code=code, status=status)
+        return ClipImageFetchError(message, code=code, status=status, request_id=request_id)
     if status is not None and 400 <= status < 500:
-        return ClipInvalidRequestError(message, code=code or "invalid_request", status=status)
-    if status is None and code.startswith(("invalid_", "url_", "image_", "request_")):
-        return ClipInvalidRequestError(message, code=code, status=None)
-    return ClipServerError(message, code=code or "server_error", status=status)
+        return ClipInvalidRequestError(
+            message, code=code or ErrorCode.INVALID_REQUEST, status=status, request_id=request_id
+        )
+    if status is None and code in REQUEST_REFUSED_CODES:
+        return ClipInvalidRequestError(message, code=code, status=None, request_id=request_id)
+    return ClipServerError(message, code=code or ErrorCode.SERVER_ERROR, status=status, request_id=request_id)

@@ -17,6 +17,7 @@ import aiohttp
 
 from clip_client import signing
 from clip_client._tasks import bounded_map
+from clip_client.codes import ErrorCode
 from clip_client.config import first_secret
 from clip_client.errors import (
     ClipAuthError,
@@ -49,13 +50,13 @@ def _job_error(raw: object) -> tuple[str, str]:
         try:
             raw = json.loads(text)
         except ValueError:
-            return "server_error", text
+            return ErrorCode.SERVER_ERROR, text
     if isinstance(raw, dict):
         if "code" in raw:
             return str(raw["code"]), str(raw.get("message", ""))
         if "error_message" in raw:  # the SDK's report of an exception inside the handler
-            return "handler_exception", f"{raw.get('error_type', 'error')}: {raw['error_message']}"
-    return "server_error", str(raw)
+            return ErrorCode.HANDLER_EXCEPTION, f"{raw.get('error_type', 'error')}: {raw['error_message']}"
+    return ErrorCode.SERVER_ERROR, str(raw)
 
 
 class RunPodServerlessClipClient(TransportClient):
@@ -140,17 +141,19 @@ class RunPodServerlessClipClient(TransportClient):
     def _output(job: dict[str, object]) -> list[float]:
         status = job.get("status")
         output = job.get("output")
+        # The handler logs a refusal's reason under the job's id.
+        job_id = str(job["id"]) if isinstance(job.get("id"), str | int) else None
         if status == "COMPLETED" and isinstance(output, dict):
             if "error" in output:
                 code, message = _job_error(output["error"])
-                raise error_for(code, message, None)
+                raise error_for(code, message, None, job_id)
             vector = output.get("embedding")
             if isinstance(vector, list) and vector:
                 return vector
             raise ClipServerError("/runsync: the job's output has no embedding")
         if status == "FAILED":
             code, message = _job_error(job.get("error"))
-            raise error_for(code, message, None)
+            raise error_for(code, message, None, job_id)
         if status == "TIMED_OUT":
             raise ClipTimeoutError(f"job {job.get('id')} timed out on the endpoint", attempts=1)
         raise ClipServerError(f"/runsync: job ended with status {status!r}")

@@ -10,28 +10,26 @@ from typing import Self
 
 import aiohttp
 
-from clip_client.errors import (
-    IMAGE_FETCH_CODES,
-    ClipServerError,
-    ClipTimeoutError,
-    ClipUnavailableError,
-    error_for,
-)
+from clip_client.codes import IMAGE_FETCH_CODES
+from clip_client.errors import ClipServerError, ClipTimeoutError, ClipUnavailableError, error_for
 from clip_client.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("clip_client")
 
 USER_AGENT = "clip-client/0.1"
+# The header the service answers with: the id its log lines about the request carry.
+REQUEST_ID_HEADER = "X-Request-ID"
 HeaderFactory = Callable[[], dict[str, str]]
 BodyFactory = Callable[[], object]
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A final (non-retryable) HTTP answer: status and decoded JSON body (None if not JSON)."""
+    """A final (non-retryable) HTTP answer: status, decoded JSON body (None if not JSON), the server's request id."""
 
     status: int
     body: object
+    request_id: str | None = None
 
     def error_code_and_message(self) -> tuple[str, str]:
         """Return the service's `{"error": {"code", "message"}}`, or a generic one."""
@@ -47,10 +45,12 @@ class Answer:
         """Return the body of a 2xx answer; raise the matching exception for anything else."""
         if 200 <= self.status < 300:
             if self.body is None:
-                raise ClipServerError(f"HTTP {self.status} without a JSON body", status=self.status)
+                raise ClipServerError(
+                    f"HTTP {self.status} without a JSON body", status=self.status, request_id=self.request_id
+                )
             return self.body
         code, message = self.error_code_and_message()
-        raise error_for(code, message, self.status)
+        raise error_for(code, message, self.status, self.request_id)
 
 
 def _decode(raw: bytes) -> object:
@@ -150,7 +150,8 @@ class Transport:
         all_headers |= headers() if headers is not None else {}
         async with self.session().request(method, url, data=data, headers=all_headers) as resp:
             raw = await resp.read()
-            return Answer(resp.status, _decode(raw)), parse_retry_after(resp.headers.get("Retry-After"))
+            answer = Answer(resp.status, _decode(raw), resp.headers.get(REQUEST_ID_HEADER))
+            return answer, parse_retry_after(resp.headers.get("Retry-After"))
 
 
 class TransportClient:

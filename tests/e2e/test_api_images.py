@@ -104,11 +104,17 @@ def test_batch_vectors_differ_per_image(service, image_server):
     assert len({tuple(np.round(v, 4)) for v in vectors}) == 4
 
 
-@pytest.mark.parametrize("count", [0, 17])
-def test_batch_size_limits_are_422(service, image_server, count):
+def test_batch_empty_is_422(service):
+    status, body, _ = call(service.base, "/v1/embed/image-batch", {"image_urls": []})
+    assert (status, body["error"]["code"]) == (422, "invalid_request")
+
+
+@pytest.mark.parametrize("count", [17, 100, 20_000])
+def test_batch_over_max_batch_size_is_422_naming_the_setting(service, image_server, count):
     urls = [image_server.url("img/photo0.jpg")] * count
     status, body, _ = call(service.base, "/v1/embed/image-batch", {"image_urls": urls})
-    assert (status, body["error"]["code"]) == (422, "invalid_request")
+    message = f"image_urls holds {count} URLs; at most MAX_BATCH_SIZE=16 are accepted per request"
+    assert (status, body) == (422, {"error": {"code": "invalid_request", "message": message}})
 
 
 def test_batch_all_failed_still_200(service, image_server):

@@ -3,16 +3,18 @@ malformed and huge timestamps, replayed nonces, rotated secrets, raw paths, and 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from clip_client.signing import new_nonce, signed_headers, text_payload_id
 
-from app.auth.verify import UNAUTHORIZED_MESSAGE, AuthHeaders, MemoryNonceStore, RequestVerifier
+from app.auth.verify import UNAUTHORIZED_MESSAGE, AuthHeaders, MemoryNonceStore, RequestVerifier, make_verifier
 from app.errors import Overloaded, Unauthorized
-from app.main import make_verifier
+from app.ops.logs import JsonFormatter
 from tests.support.api import SECRET, call
 from tests.support.data import tiny_settings
 from tests.support.service import RunningService, run_service
@@ -244,8 +246,57 @@ def test_verifier_logs_reason_without_secret_or_signature(caplog):
     h = headers("wrong-secret-987654321")
     with caplog.at_level(logging.WARNING, logger="app.auth.verify"), pytest.raises(Unauthorized):
         verify(verifier(), h)
-    assert caplog.messages == [f"auth refused: bad signature for POST {PATH!r}"]
-    assert SECRET not in caplog.text and "wrong-secret" not in caplog.text and h.signature not in caplog.text
+    reason = "no EMBEDDING_HMAC_SECRET key signs this request (method, path, body, timestamp, nonce)"
+    assert caplog.messages == [f"auth refused: bad signature for POST {PATH!r}: {reason}"]
+    line = JsonFormatter().format(caplog.records[0])
+    assert SECRET not in line and "wrong-secret" not in line and h.signature not in line
+
+
+def refusal(caplog: pytest.LogCaptureFixture, h: AuthHeaders, v: RequestVerifier | None = None) -> logging.LogRecord:
+    """Verify `h`, expect a refusal, and return its one log record."""
+    with caplog.at_level(logging.WARNING, logger="app.auth.verify"), pytest.raises(Unauthorized):
+        verify(v or verifier(), h)
+    (record,) = [r for r in caplog.records if r.name == "app.auth.verify"]
+    return record
+
+
+@pytest.mark.parametrize(
+    ("make_headers", "reason"),
+    [
+        (lambda: AuthHeaders(None, None, None, "req-1"), "missing X-Timestamp"),
+        (lambda: AuthHeaders(str(NOW), None, None, "req-1"), "missing X-Signature"),
+        (lambda: replace(headers("wrong-secret"), request_id="req-1"), "bad signature for POST"),
+        (lambda: replace(headers(nonce="n" * 15), request_id="req-1"), "malformed X-Nonce"),
+    ],
+    ids=["missing-timestamp", "missing-signature", "bad-signature", "malformed-nonce"],
+)
+def test_verifier_refusal_log_carries_request_id(caplog, make_headers, reason):
+    record = refusal(caplog, make_headers())
+    assert record.getMessage().startswith(f"auth refused: {reason}")
+    assert record.request_id == "req-1"
+    assert json.loads(JsonFormatter().format(record))["request_id"] == "req-1"
+
+
+@pytest.mark.parametrize(("offset", "side"), [(-3600, "behind"), (SKEW + 1, "ahead of")])
+def test_verifier_clock_skew_log_gives_both_clocks(caplog, offset, side):
+    record = refusal(caplog, replace(headers(ts=NOW + offset), request_id="req-2"))
+    assert record.getMessage() == (
+        f"auth refused: clock skew: X-Timestamp {NOW + offset} is {abs(offset)}s {side} the server's clock {NOW} "
+        f"(AUTH_MAX_SKEW_S={SKEW})"
+    )
+    assert (record.request_id, record.client_time, record.server_time, record.skew_s) == (
+        "req-2",
+        NOW + offset,
+        NOW,
+        offset,
+    )
+
+
+def test_verifier_reused_nonce_log_says_so(caplog):
+    v, h = verifier(), replace(headers(nonce=new_nonce()), request_id="req-3")
+    verify(v, h)
+    record = refusal(caplog, h, v)
+    assert record.getMessage().startswith("auth refused: reused X-Nonce") and record.request_id == "req-3"
 
 
 # --- through the API ------------------------------------------------------------------------
@@ -293,6 +344,19 @@ def tampered(h: dict[str, str], **changes: str) -> dict[str, str]:
 def test_api_auth_failures_share_one_body(service, make_headers):
     status, body, _ = call(service.base, PATH, BODY, secret=None, headers=make_headers())
     assert (status, body) == (401, REFUSED)
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [(None, "missing X-Timestamp"), ("wrong-secret", "bad signature for POST")],
+    ids=["unsigned", "wrong-secret"],
+)
+def test_api_refusal_log_carries_the_request_id_the_caller_got(service, caplog, secret, reason):
+    caplog.set_level(logging.WARNING, logger="app.auth.verify")
+    status, _, got = call(service.base, PATH, BODY, secret=secret)
+    (record,) = [r for r in caplog.records if r.name == "app.auth.verify"]
+    assert status == 401 and record.getMessage().startswith(f"auth refused: {reason}")
+    assert record.request_id == got["x-request-id"]
 
 
 def test_api_refuses_body_changed_after_signing(service):
@@ -376,3 +440,22 @@ async def test_legacy_handler_refuses_malformed_headers(timestamp, signature):
     finally:
         await handler.aclose()
     assert out == {"error": {"code": "unauthorized", "message": "missing or invalid signature"}}
+
+
+async def test_legacy_handler_refusal_log_carries_the_job_id(caplog):
+    from clip_client.signing import legacy_message, sign
+
+    from app.legacy import LegacyHandler
+    from tests.support.fake_model import FakeEmbedder
+
+    url, now = "http://127.0.0.1/x.jpg", str(int(time.time()))
+    job_input = {"image_url": url, "timestamp": now, "signature": sign("wrong-secret", legacy_message(url, now))}
+    handler = LegacyHandler(tiny_settings(), FakeEmbedder())
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.auth.verify"):
+            out = await handler.handle({"id": "job-42", "input": job_input})
+    finally:
+        await handler.aclose()
+    (record,) = [r for r in caplog.records if r.name == "app.auth.verify"]
+    assert out["error"]["code"] == "unauthorized" and record.request_id == "job-42"
+    assert record.getMessage().startswith("auth refused: bad signature for the legacy job")

@@ -12,9 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from app.errors import DownloadFailed, DownloadTimeout, ImageTooLarge
+from scripts.procs import free_port
 from tests.support.api import call
 from tests.support.attack import PHOTO, PUBLIC_HOST, guarded_fetcher, public_dns
 from tests.support.hostile import HostileServer
+from tests.support.netmap import PUBLIC_V4, FakeDns
 
 LIMIT = 64 * 1024
 BIG = PHOTO * (LIMIT // len(PHOTO) + 2)  # just over LIMIT
@@ -42,14 +44,14 @@ async def test_fetch_lying_content_length_short_claim_is_download_failed(hostile
     # The server claims 1000 bytes and sends 50 times more: the extra bytes are a protocol error.
     with pytest.raises(DownloadFailed) as err:
         await fetch(hostile, "lying/photo.jpg?claim=1000&repeat=50")
-    assert err.value.message == "could not fetch image: ClientResponseError"
+    assert err.value.message == "could not fetch image: the image server's answer is not valid HTTP"
 
 
 async def test_fetch_lying_content_length_long_claim_is_download_failed(hostile):
     # The server claims more than it sends, then closes: the body is incomplete.
     with pytest.raises(DownloadFailed) as err:
         await fetch(hostile, "lying/photo.jpg?claim=60000&repeat=1")
-    assert err.value.message == "could not fetch image: ClientPayloadError"
+    assert err.value.message == "could not fetch image: the image server's body was cut short or malformed"
 
 
 async def test_fetch_content_length_over_limit_refused_before_reading(hostile):
@@ -123,6 +125,21 @@ async def test_fetch_trickling_server_hits_total_timeout(hostile):
 async def test_fetch_slow_headers_hit_total_timeout(hostile):
     with pytest.raises(DownloadTimeout):
         await fetch(hostile, "slow/photo.jpg?delay=3", timeout_s=0.5)
+
+
+async def test_fetch_refused_connection_says_connection_refused():
+    dns = FakeDns({PUBLIC_HOST: [PUBLIC_V4]})
+    async with guarded_fetcher(dns, routes={PUBLIC_V4: free_port()}) as fetcher:  # nothing listens there
+        with pytest.raises(DownloadFailed) as err:
+            await fetcher.fetch(f"http://{PUBLIC_HOST}/photo.jpg")
+    assert err.value.message == "could not fetch image: connection refused"
+
+
+async def test_fetch_unknown_host_says_host_not_found():
+    async with guarded_fetcher(FakeDns({})) as fetcher:  # every name is NXDOMAIN
+        with pytest.raises(DownloadFailed) as err:
+            await fetcher.fetch("http://no-such-host.test/photo.jpg")
+    assert err.value.message == "could not fetch image: host not found"
 
 
 @pytest.mark.parametrize("status", [403, 404, 500, 503])

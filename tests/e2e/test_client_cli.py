@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -64,10 +65,16 @@ def test_cli_refused_request_exits_1_with_error(cli):
     assert status == 1 and out["error"]["code"] == "invalid_url"
 
 
-def test_cli_wrong_secret_exits_1_unauthorized(cli, monkeypatch, image_server):
+def test_cli_wrong_secret_exits_1_unauthorized_with_the_request_id_the_server_logged(
+    cli, monkeypatch, image_server, caplog
+):
     monkeypatch.setenv("EMBEDDING_HMAC_SECRET", "wrong")
+    caplog.set_level(logging.WARNING, logger="app.auth.verify")
     status, out = cli("image", image_server.url("img/photo0.jpg"))
-    assert status == 1 and out["error"]["code"] == "unauthorized"
+    (record,) = [r for r in caplog.records if r.name == "app.auth.verify"]
+    error = out["error"]
+    assert status == 1 and error["code"] == "unauthorized" and error["request_id"] == record.request_id
+    assert "EMBEDDING_HMAC_SECRET" in error["hint"] and f"request_id {record.request_id}" in error["hint"]
 
 
 def test_cli_missing_configuration_exits_2(cli, monkeypatch):

@@ -22,8 +22,9 @@ from clip_client import (
 from clip_client.__main__ import main as cli_main
 from clip_client.signing import legacy_message, sign
 
+from app.inference.loading import load_clip
 from app.inference.model import Embedder
-from app.legacy import LegacyHandler, load_embedder
+from app.legacy import LegacyHandler
 from tests.support.api import call
 from tests.support.data import tiny_settings
 from tests.support.handler_server import run_handler_api
@@ -67,6 +68,7 @@ async def test_serverless_client_bad_legacy_signature_raises_auth_error(handler_
         with pytest.raises(ClipAuthError) as caught:
             await client.embed_image(image_server.url("img/photo0.jpg"))
     assert caught.value.code == "unauthorized" and caught.value.message == "missing or invalid signature"
+    assert caught.value.request_id  # the job's id, under which the handler logged the reason
     assert sleeps.delays == []
 
 
@@ -129,7 +131,7 @@ def test_cli_serverless_backend_switch(handler_api, image_server, monkeypatch, c
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return load_embedder(tiny_settings())
+    return load_clip(tiny_settings())
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 
 from app.ops.lifecycle import Lifecycle
 from app.ops.probe import probe
+from scripts.procs import free_port
 from tests.support.api import call
 from tests.support.data import tiny_settings
 from tests.support.fake_model import FakeEmbedder
 from tests.support.service import run_service, wait_healthy
-from tests.support.stubs import free_port
 
 
 def _port(base: str) -> int:

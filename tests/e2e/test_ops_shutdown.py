@@ -3,50 +3,32 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from scripts.procs import app_server
 from tests.support.api import SECRET, call
 from tests.support.data import jpeg_bytes
 from tests.support.imageserver import ImageServer
-from tests.support.service import wait_healthy
-from tests.support.stubs import free_port
 
 
 @contextmanager
 def app_process(log_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    full_env = (
-        os.environ
-        | {
-            "EMBEDDING_HMAC_SECRET": SECRET,
-            "CLIP_MODEL": "clip-tiny",
-            "CLIP_PRETRAINED": "none",
-            "DEVICE": "cpu",
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "ALLOW_PRIVATE_URLS": "1",
-            "HF_HUB_OFFLINE": "1",
-        }
-        | env
-    )
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, time.monotonic() + 90)
-        yield proc, base
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    settings = {
+        "EMBEDDING_HMAC_SECRET": SECRET,
+        "CLIP_MODEL": "clip-tiny",
+        "CLIP_PRETRAINED": "none",
+        "DEVICE": "cpu",
+        "ALLOW_PRIVATE_URLS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    with app_server(settings | env, log=log_path, timeout_s=90) as running:
+        yield running
 
 
 def _wait_for_status(base: str, status: int, timeout_s: float = 10) -> tuple[int, dict, dict[str, str]]:

@@ -5,17 +5,12 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from scripts.procs import free_port
 
 
 @pytest.mark.parametrize(
@@ -34,7 +29,7 @@ def test_server_exits_with_clear_message_when_model_cannot_load(model, pretraine
         "CLIP_PRETRAINED": pretrained,
         "DEVICE": "cpu",
         "HOST": "127.0.0.1",
-        "PORT": str(_free_port()),
+        "PORT": str(free_port()),
         "HF_HUB_OFFLINE": "1",  # what a machine without network sees, without waiting for retries
     }
     proc = subprocess.run(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
 
-from app.main import EmbedderFactory, create_app, load_clip
+from app.inference.loading import load_clip
+from app.main import EmbedderFactory, create_app
 from app.settings import Settings
+from scripts.procs import wait_healthy
 
 
 class RunningService:
@@ -52,16 +53,3 @@ def run_service(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-def wait_healthy(base: str, deadline: float) -> None:
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("service never became healthy")
-        time.sleep(0.05)

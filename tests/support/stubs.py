@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,14 +10,12 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+# Its home is scripts.procs; kept importable here while tests/e2e/test_dev_mode.py imports it from here.
+from scripts.procs import free_port
+
+__all__ = ["Handler", "Sent", "Sleeps", "free_port", "silent_server", "stub_server"]
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def free_port() -> int:
-    """Return a port of 127.0.0.1 that nothing listens on (right now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

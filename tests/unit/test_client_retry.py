@@ -11,7 +11,8 @@ from clip_client import ClipPodClient, ClipServerError, ClipTimeoutError, ClipUn
 from clip_client.retry import parse_retry_after
 from clip_client.signing import IMAGE_PATH, canonical_message, image_payload_id, sign
 
-from tests.support.stubs import Sleeps, free_port, silent_server, stub_server
+from scripts.procs import free_port
+from tests.support.stubs import Sleeps, silent_server, stub_server
 
 SECRET = "stub-secret"
 URL = "http://images.example/cat.jpg"
