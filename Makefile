@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 IMAGE ?= clip-pod-worker:2.0
 DOCKER_BUILD_ARGS ?=
 
-.PHONY: install run test lint smoke bench docker-build lint-docker clean
+.PHONY: install run test lint docs smoke bench docker-build lint-docker clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt constraints.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Regenerate docs/configuration.md from the Settings class (a test fails when it is stale).
+docs: install
+	$(PY) -m scripts.config_docs --write
 
 smoke: install
 	$(PY) -m scripts.smoke

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 
-# libgomp reads this once, as torch loads it, so it is set before any import that loads torch. Its
-# default (300,000 spins) keeps torch's idle OpenMP threads on the cores for milliseconds after every
-# forward pass, just when the event loop and the decode threads need them: under 16 caption clients on
-# 2 cores the next forward started 7.5 ms after the last one instead of 10.4-10.8 ms (python -m
-# bench.cycle; README, Throughput). A value in the environment wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+from app.settings import OPENMP_SPIN_COUNT
 
+# libgomp reads it once, as torch loads it, so it is set before any import that loads torch (app.settings
+# loads none). Its own default keeps torch's idle OpenMP threads spinning on the cores after every forward
+# pass, just when the event loop and the decode threads need them (docs/performance.md). A value in the
+# environment wins.
+os.environ.setdefault(OPENMP_SPIN_COUNT.name, OPENMP_SPIN_COUNT.default)
+
+import logging
 import sys
 
 import uvicorn
@@ -25,6 +27,8 @@ from app.ops.heap import settle_heap
 from app.ops.lifecycle import DrainingServer, Lifecycle
 from app.ops.logs import configure_logging
 from app.settings import Settings
+
+log = logging.getLogger("app")
 
 
 def _settings_or_exit() -> Settings:
@@ -39,6 +43,8 @@ def _settings_or_exit() -> Settings:
 def main() -> int:
     settings = _settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
+    for warning in settings.startup_warnings():
+        log.warning(warning)
     exit_code = 0
 
     def on_fatal(reason: str) -> None:
@@ -48,7 +54,7 @@ def main() -> int:
 
     lifecycle = Lifecycle()
     app = create_app(settings, on_fatal=on_fatal, on_ready=settle_heap, lifecycle=lifecycle)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    config = uvicorn.Config(app, host=settings.resolved_host, port=settings.port, log_config=None, access_log=False)
     server = DrainingServer(config, lifecycle, grace_s=settings.shutdown_grace_s)
     server.run()
     return exit_code

@@ -1,13 +1,23 @@
-"""Service configuration, read once from the environment."""
+"""Service configuration, read once from the environment.
+
+Each field's description is its documentation: `python -m scripts.config_docs` renders them into
+docs/configuration.md, grouped by SECTIONS.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GOOD_SECRET_CHARS = 32
+LOOPBACK_HOST = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
 
 
 class Settings(BaseSettings):
@@ -16,57 +26,288 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
     # Authentication
-    embedding_hmac_secret: SecretStr | None = None
-    allow_insecure_auth: bool = False
-    auth_max_skew_s: int = Field(300, ge=1, le=86_400)
-    require_nonce: bool = False
-    # Each signed request with a nonce holds an entry for 2 × AUTH_MAX_SKEW_S (~115 bytes): 1M entries
-    # carry 1,666 such requests/s at the default skew, in ~115 MB when full.
-    nonce_cache_size: int = Field(1_000_000, ge=1)
+    embedding_hmac_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "The shared secret that signs `/v1` requests (HMAC-SHA256, see docs/api.md). Required unless "
+            "`ALLOW_INSECURE_AUTH=1`. Several comma-separated secrets are all accepted, for key rotation "
+            "(docs/security.md). Use at least "
+            f"{GOOD_SECRET_CHARS} random characters (`openssl rand -hex 32`): a shorter key is accepted, with a "
+            "warning at start-up. Never logged."
+        ),
+    )
+    allow_insecure_auth: bool = Field(
+        False,
+        description=(
+            "Local development only: `1` accepts requests without a valid signature. Start-up warns, "
+            '`/health` says `"auth": "insecure"`, and `HOST` defaults to 127.0.0.1.'
+        ),
+    )
+    auth_max_skew_s: int = Field(
+        300,
+        ge=1,
+        le=86_400,
+        description=(
+            "Seconds: a request whose `X-Timestamp` is further than this from the server clock, either way, "
+            "is refused (401). Raise it only for callers whose clocks drift; nonces are remembered for twice "
+            "this long."
+        ),
+    )
+    require_nonce: bool = Field(
+        False,
+        description=(
+            "`1` refuses signed requests without `X-Nonce`, so that a captured request cannot be replayed "
+            "within the timestamp window. The client library sends a nonce with every request."
+        ),
+    )
+    nonce_cache_size: int = Field(
+        1_000_000,
+        ge=1,
+        description=(
+            "Most nonces remembered at once, each for twice `AUTH_MAX_SKEW_S`. When it is full of live ones, "
+            "a request with a new nonce gets 503 `overloaded` rather than an old nonce being forgotten. Keep it "
+            "above the peak of signed requests per second × 2 × `AUTH_MAX_SKEW_S`; the memory an entry takes "
+            "is in docs/security.md."
+        ),
+    )
 
     # Requests and downloads
-    max_batch_size: int = Field(16, ge=1, le=1024)
-    max_image_size_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    image_download_timeout_s: float = Field(30.0, gt=0, le=600)
-    download_concurrency: int = Field(8, ge=1, le=1024)
-    allow_private_urls: bool = False
-    allowed_ports: Annotated[frozenset[int], NoDecode] = frozenset({80, 443})
-    allowed_image_hosts: Annotated[tuple[str, ...], NoDecode] = ()
-    max_image_pixels: int = Field(40_000_000, ge=1)
-    max_text_chars: int = Field(10_000, ge=1)
-    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    max_batch_size: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "Most image URLs in one `/v1/embed/image-batch` request; more is refused with 422 "
+            "`invalid_request`. The client library reads it from `/health` and splits longer lists."
+        ),
+    )
+    max_image_size_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Bytes: most downloaded for one image, counted while streaming (after gzip/deflate "
+            "decompression, whatever `Content-Length` says); more is 413 `image_too_large`."
+        ),
+    )
+    image_download_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description=(
+            "Seconds: the deadline of one image download, redirects included; past it the item fails with "
+            "504 `download_timeout`. Raise it for slow image hosts."
+        ),
+    )
+    download_concurrency: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description=(
+            "Image downloads in flight at once, across all requests of the process. Raise it (e.g. to 32) "
+            "when most images come from slow remote hosts."
+        ),
+    )
+    allow_private_urls: bool = Field(
+        False,
+        description=(
+            "Development and tests only: `1` lifts the address and port rules of the URL guard (private and "
+            "loopback hosts, any port), so that images can be served from 127.0.0.1; the scheme, credential, "
+            "length, host-list and size rules stay. `HOST` then defaults to 127.0.0.1."
+        ),
+    )
+    allowed_ports: Annotated[frozenset[int], NoDecode] = Field(
+        frozenset({80, 443}),
+        description="Comma-separated ports that image URLs may use; any other is 422 `invalid_url`.",
+    )
+    allowed_image_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Comma-separated image hosts; when set, only these are fetched: exact (`cdn.example.com`) or a "
+            "domain's subdomains (`*.example.com`), any other is 422 `url_not_allowed`. Empty: any public host."
+        ),
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description=(
+            "Most pixels (width × height, read from the image header before decoding) of one image; more is "
+            "413 `image_too_large`. Pillow's own decompression-bomb limit applies on top."
+        ),
+    )
+    max_text_chars: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Characters: longest text `/v1/embed/text` accepts; longer is 422 `invalid_request`. Text beyond "
+            "the model's context (77 tokens) is truncated by the tokenizer, so this bounds work, not meaning."
+        ),
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description=(
+            "Bytes: largest request body, declared by `Content-Length` or streamed chunked; larger is refused "
+            "with 413 `request_too_large` before parsing."
+        ),
+    )
 
     # Model
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "laion2b_s34b_b79k"
-    device: str = "auto"
+    clip_model: str = Field(
+        "ViT-B-32",
+        description=(
+            "An open_clip model name (e.g. `ViT-B-32`, `ViT-L-14`), or `clip-tiny`, the tiny test model "
+            "configured in app/inference/model_configs/. Vectors of different models are not comparable."
+        ),
+    )
+    clip_pretrained: str = Field(
+        "laion2b_s34b_b79k",
+        description=(
+            "An open_clip pretrained tag of `CLIP_MODEL`, a path to a local checkpoint file, or `none` "
+            '(random weights, development only: start-up warns and `/health` says `"random_weights": true`). '
+            "A tag needs network access at start-up, or a warm Hugging Face cache; without either the server "
+            "exits naming the alternatives."
+        ),
+    )
+    device: str = Field(
+        "auto",
+        description=(
+            "`auto` (CUDA when available, else the CPU with a warning), `cpu`, `cuda` or `cuda:N`. Production "
+            "sets `cuda`, so that a machine without a usable GPU fails to start instead of running slowly."
+        ),
+    )
 
     # Engine
-    engine_max_batch: int | None = Field(None, ge=1, le=4096)
-    engine_max_wait_ms: float = Field(2.0, ge=0, le=1000)
-    cpu_workers: int | None = Field(None, ge=1, le=256)
-    fast_decode: bool = True
-    model_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    engine_compile: bool = False
-    cpu_packed_linear: bool = True
+    engine_max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description=(
+            "Most items (images, or texts) in one forward pass. Unset: 64 on CUDA, 32 on the CPU. Lower it "
+            "when batches run out of GPU memory (`clip_oom_events_total` rises)."
+        ),
+    )
+    engine_max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description=(
+            "Milliseconds a partial batch waits for more items when the queue runs dry; `0` never waits. "
+            "How the engine batches, and when it waits longer or not at all: docs/batching.md."
+        ),
+    )
+    cpu_workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Threads that decode and preprocess images and tokenise long texts (short ones are tokenised on "
+            "the event loop). Unset: one per core, at least 2."
+        ),
+    )
+    fast_decode: bool = Field(
+        True,
+        description=(
+            "`1` decodes large JPEGs at a reduced size (DCT scaling) before resizing, which is much cheaper "
+            "for photos; only images over twice the model's input size are affected, and their vectors move "
+            "slightly. `0`: full decode, exact parity with open_clip's preprocessing."
+        ),
+    )
+    model_dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Precision of the model's weights and activations; `auto` is fp16 on CUDA and fp32 on the CPU.",
+    )
+    engine_compile: bool = Field(
+        False,
+        description=(
+            "`1` compiles the image tower (torch.compile) for fixed batch sizes, powers of two up to "
+            "`ENGINE_MAX_BATCH`; start-up takes much longer (one compile per size). Off until it is measured "
+            "on a GPU (bench/README.md)."
+        ),
+    )
+    cpu_packed_linear: bool = Field(
+        True,
+        description=(
+            "On the CPU in fp32: `1` runs the transformer blocks' linear layers on oneDNN with weights packed "
+            'once at load (`/health` says `"kernels": "onednn-packed"`); at load the packed model is checked '
+            "against open_clip's own blocks on fixed inputs and not used if any value moves by more than 1e-4. "
+            '`0`: open_clip\'s own blocks (`"kernels": "torch"`). No effect on CUDA. Why: docs/performance.md.'
+        ),
+    )
 
     # Server
-    host: str = "0.0.0.0"
-    port: int = Field(8000, ge=1, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str | None = Field(
+        None,
+        description=(
+            f"Address the server listens on. Unset: {ALL_INTERFACES} (every interface), or {LOOPBACK_HOST} when "
+            "`ALLOW_INSECURE_AUTH` or `ALLOW_PRIVATE_URLS` is set, so that a development server is not an "
+            "open fetcher for the whole network. Set to a non-loopback address together with either flag, "
+            "the server starts with a loud warning."
+        ),
+    )
+    port: int = Field(8000, ge=1, le=65535, description="TCP port the server listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description=(
+            "Least severe log lines written. Requests to `/health`, `/live` and `/metrics` are logged at `debug` only."
+        ),
+    )
 
     # Operations
-    max_queued_items: int = Field(1024, ge=1, le=1_000_000)
-    request_timeout_s: float = Field(60.0, gt=0, le=3600)
-    shutdown_grace_s: float = Field(25.0, ge=0, le=3600)
-    cache_max_entries: int = Field(10_000, ge=0, le=10_000_000)
-    log_format: Literal["json", "text"] = "json"
+    max_queued_items: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Most images and texts admitted and not yet answered; a request that does not fit is refused "
+            "whole, before anything is downloaded, with 503 `overloaded` (the client retries it). At least "
+            "`MAX_BATCH_SIZE`. Lower it to shed load earlier."
+        ),
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds: a request's deadline; its items still waiting for the model after it are dropped with "
+            "503 `overloaded`. Keep it below the proxy's limit (RunPod: 100 s)."
+        ),
+    )
+    shutdown_grace_s: float = Field(
+        25.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds: on SIGTERM, how long requests in flight may take to finish before the process stops. "
+            "Keep it below the container's stop timeout (`docker stop -t`)."
+        ),
+    )
+    cache_max_entries: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Embeddings kept in an LRU cache keyed by the SHA-256 of the image bytes or of the text, one "
+            "vector each; `0` turns it off."
+        ),
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description=(
+            "Log lines on stderr: `json`, one JSON object per line (one per request), or `text`, for reading by eye."
+        ),
+    )
 
     @field_validator("embedding_hmac_secret", mode="before")
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
         # Several comma-separated secrets rotate keys; only blanks (or only commas) mean "not set".
         return None if isinstance(value, str) and not value.replace(",", "").strip() else value
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _blank_host_is_none(cls, value: object) -> object:
+        # `HOST= make run` means "the default", which depends on the development flags.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("allowed_ports", mode="before")
     @classmethod
@@ -134,9 +375,49 @@ class Settings(BaseSettings):
         return tuple(k.strip() for k in self.embedding_hmac_secret.get_secret_value().split(",") if k.strip())
 
     @property
+    def dev_flags(self) -> tuple[str, ...]:
+        """Return the development flags that are set: ALLOW_INSECURE_AUTH, ALLOW_PRIVATE_URLS."""
+        flags = {"ALLOW_INSECURE_AUTH": self.allow_insecure_auth, "ALLOW_PRIVATE_URLS": self.allow_private_urls}
+        return tuple(name for name, on in flags.items() if on)
+
+    @property
+    def resolved_host(self) -> str:
+        """Return the address to listen on: HOST, else loopback with a development flag, else every interface."""
+        if self.host is not None:
+            return self.host
+        return LOOPBACK_HOST if self.dev_flags else ALL_INTERFACES
+
+    @property
     def random_weights(self) -> bool:
         """Say whether the model runs with random weights (CLIP_PRETRAINED=none)."""
         return self.clip_pretrained.strip().lower() in {"none", ""}
+
+    def startup_warnings(self) -> list[str]:
+        """Return what an operator must hear at start-up: development flags in the open, weak secrets."""
+        warnings = []
+        flags = self.dev_flags
+        if flags and self.host is not None and not _is_loopback(self.host):
+            risk = {
+                ("ALLOW_INSECURE_AUTH",): "can use the service without signing a request",
+                ("ALLOW_PRIVATE_URLS",): "with a valid signature can make the server fetch private and "
+                "loopback addresses (a fetcher into the local network)",
+                ("ALLOW_INSECURE_AUTH", "ALLOW_PRIVATE_URLS"): "gets an unauthenticated fetcher into the local network",
+            }[flags]
+            settings = " and ".join(f"{flag}=1" for flag in flags)
+            warnings.append(
+                f"DEVELOPMENT MODE ON AN OPEN ADDRESS: HOST={self.host} with {settings}: anyone who can reach "
+                f"this address {risk}. Unset HOST to listen on {LOOPBACK_HOST} only, or unset the flags"
+            )
+        keys = self.hmac_keys
+        for position, key in enumerate(keys, start=1):
+            if len(key) < GOOD_SECRET_CHARS:
+                length = f"{len(key)} character{'s' if len(key) != 1 else ''}"
+                warnings.append(
+                    f"EMBEDDING_HMAC_SECRET key {position} of {len(keys)} is {length}: a short secret can be "
+                    f"guessed offline from one signed request; use at least {GOOD_SECRET_CHARS} random "
+                    "characters, e.g. `openssl rand -hex 32`"
+                )
+        return warnings
 
     def resolved_engine_max_batch(self, device: str) -> int:
         """Items per forward pass: ENGINE_MAX_BATCH, else 64 on CUDA and 32 on CPU."""
@@ -152,3 +433,46 @@ class Settings(BaseSettings):
     def resolved_cpu_workers(self) -> int:
         """Threads for download, decode and preprocess: one per core, at least two."""
         return self.cpu_workers or max(2, os.cpu_count() or 2)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# The sections of docs/configuration.md, each named by its first field; fields follow in class order.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("Authentication", "embedding_hmac_secret"),
+    ("Requests and downloads", "max_batch_size"),
+    ("Model", "clip_model"),
+    ("Engine", "engine_max_batch"),
+    ("Server", "host"),
+    ("Operations", "max_queued_items"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVariable:
+    """An environment variable read outside Settings, documented beside it in docs/configuration.md."""
+
+    name: str
+    default: str
+    section: str
+    description: str
+
+
+# `python -m app` sets it before torch loads (app/__main__.py); libgomp reads it, not Settings.
+OPENMP_SPIN_COUNT = EnvVariable(
+    "GOMP_SPINCOUNT",
+    "10000",
+    "Engine",
+    "How many times torch's idle OpenMP threads spin before they sleep. `python -m app` sets it before torch "
+    "loads unless the environment already has it; libgomp's own default (300000) keeps idle threads on the "
+    "cores after every forward pass, just when the event loop and the decode threads need them. Why: "
+    "docs/performance.md.",
+)
+EXTRA_VARIABLES: tuple[EnvVariable, ...] = (OPENMP_SPIN_COUNT,)

@@ -123,7 +123,7 @@ def pack_blocks(model: nn.Module, check: Callable[[], torch.Tensor]) -> int:
 def _return_freed_memory() -> None:
     """Hand the heap pages freed with the unpacked weights back to the OS.
 
-    glibc keeps them otherwise: ViT-B-32's server would hold ~180 MB more than with torch's kernels.
+    glibc keeps them otherwise, and the packed server would hold more memory than one on torch's kernels.
     """
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

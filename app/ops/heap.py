@@ -1,9 +1,9 @@
 """The garbage collector's settings for the server process, applied once the model is ready.
 
-Measured with a stand-in model (real app, open_clip's tokenizer, no forward cost) under 32 clients
-sending captions: each full collection walked everything torch, open_clip and FastAPI built at start-up,
-~200 ms with the event loop and the model thread stopped, five times in 8 s, 14% of the time. Request
-objects that live through one forward pass reach the oldest generation quickly, which triggers them.
+Without them, each full collection walks everything torch, open_clip and FastAPI built at start-up,
+with the event loop and the model thread stopped; request objects that live through one forward pass
+reach the oldest generation quickly, which triggers such collections often under load. The figures are
+in docs/performance.md (heap settling).
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""Settings read from the environment: the development-mode host and the start-up warnings."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import Settings
+from tests.support.api import SECRET
+
+GOOD = "0123456789abcdef" * 4  # 64 characters, what `openssl rand -hex 32` prints
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch):
+    """Start every test from an environment that sets no setting of the service."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"EMBEDDING_HMAC_SECRET": GOOD}, "0.0.0.0"),
+        ({"ALLOW_INSECURE_AUTH": "1"}, "127.0.0.1"),
+        ({"EMBEDDING_HMAC_SECRET": GOOD, "ALLOW_PRIVATE_URLS": "1"}, "127.0.0.1"),
+        ({"ALLOW_INSECURE_AUTH": "1", "ALLOW_PRIVATE_URLS": "1"}, "127.0.0.1"),
+        ({"ALLOW_INSECURE_AUTH": "1", "HOST": ""}, "127.0.0.1"),
+        ({"ALLOW_INSECURE_AUTH": "1", "HOST": "0.0.0.0"}, "0.0.0.0"),
+        ({"EMBEDDING_HMAC_SECRET": GOOD, "HOST": "10.1.2.3"}, "10.1.2.3"),
+        ({"EMBEDDING_HMAC_SECRET": GOOD, "HOST": "::1"}, "::1"),
+    ],
+)
+def test_settings_resolved_host_from_environment(monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().resolved_host == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            {"allow_insecure_auth": True, "allow_private_urls": True},
+            (
+                "HOST=0.0.0.0 with ALLOW_INSECURE_AUTH=1 and ALLOW_PRIVATE_URLS=1: anyone who can reach this "
+                "address gets an unauthenticated fetcher into the local network"
+            ),
+        ),
+        (
+            {"allow_insecure_auth": True},
+            (
+                "HOST=0.0.0.0 with ALLOW_INSECURE_AUTH=1: anyone who can reach this address can use the service "
+                "without signing a request"
+            ),
+        ),
+        (
+            {"allow_private_urls": True},
+            (
+                "HOST=0.0.0.0 with ALLOW_PRIVATE_URLS=1: anyone who can reach this address with a valid signature "
+                "can make the server fetch private and loopback addresses"
+            ),
+        ),
+    ],
+)
+def test_settings_warns_when_dev_flags_listen_on_open_address(flags, expected):
+    settings = Settings(embedding_hmac_secret=GOOD, host="0.0.0.0", **flags)
+    (warning,) = settings.startup_warnings()
+    assert expected in warning
+    assert "Unset HOST to listen on 127.0.0.1 only" in warning
+
+
+@pytest.mark.parametrize("host", [None, "127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"])
+def test_settings_no_warning_when_dev_flags_listen_on_loopback(host):
+    settings = Settings(allow_insecure_auth=True, allow_private_urls=True, host=host)
+    assert settings.startup_warnings() == []
+
+
+@pytest.mark.parametrize("host", [None, "0.0.0.0", "10.1.2.3"])
+def test_settings_no_warning_without_dev_flags(host):
+    assert Settings(embedding_hmac_secret=GOOD, host=host).startup_warnings() == []
+
+
+@pytest.mark.parametrize(
+    ("secret", "expected"),
+    [
+        (GOOD, []),
+        ("a" * 32, []),
+        ("a" * 31, ["key 1 of 1 is 31 characters"]),
+        ("abc", ["key 1 of 1 is 3 characters"]),
+        ("x", ["key 1 of 1 is 1 character:"]),
+        (f"{GOOD},short-old-key", ["key 2 of 2 is 13 characters"]),
+        (f"tiny, {GOOD} ,twelve-chars", ["key 1 of 3 is 4 characters", "key 3 of 3 is 12 characters"]),
+    ],
+)
+def test_settings_warns_about_each_short_secret_by_position(secret, expected):
+    warnings = Settings(embedding_hmac_secret=secret).startup_warnings()
+    assert len(warnings) == len(expected)
+    for warning, position in zip(warnings, expected, strict=True):
+        assert f"EMBEDDING_HMAC_SECRET {position}" in warning
+        assert "openssl rand -hex 32" in warning
+
+
+@pytest.mark.parametrize("secret", ["abc", "twelve-chars", SECRET, f"{GOOD},short-old-key"])
+def test_settings_short_secret_warning_never_holds_the_secret(secret):
+    short_keys = [k for k in secret.split(",") if len(k) < 32]
+    text = "\n".join(Settings(embedding_hmac_secret=secret).startup_warnings())
+    assert short_keys and all(key not in text for key in short_keys)
+    assert GOOD not in text
+
+
+def test_settings_accepts_the_test_suites_short_secret():
+    # Warn, never refuse: existing deployments with short secrets must keep starting.
+    assert Settings(embedding_hmac_secret=SECRET).hmac_keys == (SECRET,)
