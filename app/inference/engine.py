@@ -17,20 +17,12 @@ import numpy as np
 import torch
 
 from app.errors import Overloaded, Unavailable
+from app.inference.batching import WAVE_MEMORY, BatchLimits, Dispatch, GatherState, decide
 
 log = logging.getLogger("app.inference.engine")
 
-# However items keep trickling in, a batch waits at most this many times ENGINE_MAX_WAIT_MS in all...
-GATHER_CAP_FACTOR = 8
-# ...or, while announced items are still being prepared, at most this share of a recent forward pass.
-INCOMING_WAIT_SHARE = 0.5
 # Weight of the newest forward pass in the running average of forward time.
 FORWARD_EWMA = 0.2
-# A batch holding items of as many callers as the largest of this many recent waves (callers that
-# submitted between two dispatches) goes at once instead of waiting out ENGINE_MAX_WAIT_MS: every
-# client is already in it. Callers, not items: a request of 32 images is one client, and the lone
-# requests after it must not wait for 31 more.
-WAVE_MEMORY = 4
 # One row per payload; an Exception in place of a row fails only that item (see app.inference.model_guard).
 RunBatch = Callable[[list[torch.Tensor]], np.ndarray | Sequence[np.ndarray | Exception]]
 
@@ -61,7 +53,7 @@ class QueueObserver(Protocol):
 class _Item:
     payload: torch.Tensor
     future: asyncio.Future[np.ndarray]
-    deadline: float = math.inf  # time.monotonic() after which the item is not worth computing
+    deadline: float = math.inf  # the queue's clock reading after which the item is not worth computing
     enqueued: float = 0.0
     caller: object = None  # the same object for every item of one request
 
@@ -77,7 +69,10 @@ class QueueStats:
 
 
 class BatchQueue:
-    """One modality's queue; a worker task turns waiting items into model batches."""
+    """One modality's queue; a worker task turns waiting items into model batches (see app.inference.batching).
+
+    Every time it keeps (enqueued, deadlines, the gather's start, forward passes) is a reading of `clock`.
+    """
 
     def __init__(
         self,
@@ -87,19 +82,20 @@ class BatchQueue:
         max_batch: int,
         max_wait_s: float,
         observer: QueueObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._observer = observer
         self._run = run
         self._executor = executor
-        self._max_batch = max_batch
-        self._max_wait_s = max_wait_s
+        self._limits = BatchLimits(max_batch, max_wait_s)
+        self._clock = clock
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._incoming = 0  # items announced by expecting() and not yet submitted
         self._forward_s = 0.0  # running average of one forward pass
         self._arrived: set[object] = set()  # callers that submitted since the last dispatch
         self._waves: deque[int] = deque(maxlen=WAVE_MEMORY)
-        self._idle_since = 0.0  # time.monotonic() when the last forward pass ended
+        self._idle_since = -math.inf  # when the last forward pass ended
         self.stats = QueueStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -130,13 +126,14 @@ class BatchQueue:
     ) -> list[np.ndarray]:
         """Queue the payloads together and wait for their vectors, in order.
 
-        Items still queued at `deadline` (a time.monotonic() value) fail with Overloaded unrun.
+        Items still queued at `deadline` (a reading of the queue's clock, time.monotonic() by default) fail
+        with Overloaded unrun.
         Calls that pass the same `caller` count as one client in a wave; by default each call is its own.
         """
         if not self.alive:
             raise Unavailable("the engine is not running")
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
+        now = self._clock()
         caller = caller if caller is not None else object()
         items = [_Item(p, loop.create_future(), deadline, now, caller) for p in payloads]
         self._arrived.add(caller)
@@ -158,45 +155,55 @@ class BatchQueue:
             self._incoming -= count
 
     async def _gather(self) -> list[_Item]:
+        """Wait for an item, then take more until the batching policy sends the batch (app.inference.batching)."""
         batch = [await self._queue.get()]
-        started = time.perf_counter()
-        while len(batch) < self._max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            wave = min(max(self._waves, default=0), self._max_batch)
-            callers = len({item.caller for item in batch})
-            # Only a batch that the last answers' callers have begun to refill: items queued while the
-            # model was busy are another group, and sending them alone would keep the groups apart.
-            fresh = batch[-1].enqueued >= self._idle_since
-            if not self._incoming and wave and callers >= wave and fresh:
-                break  # as many callers as any recent wave brought, none announced: waiting would only idle the model
-            # The queue ran dry: wait briefly for the next item (a full batch is never held back).
-            # Each arrival re-arms the wait, up to a cap. While announced items are still being
-            # prepared, keep waiting for them, up to a share of a forward pass: a batch split in two
-            # by a few late decodes costs a whole extra pass. Short of a recent wave, the rest of its
-            # clients are likely on their way: keep waiting too, within the cap and that share.
-            cap = self._max_wait_s * GATHER_CAP_FACTOR
-            if self._incoming:
-                cap = max(cap, INCOMING_WAIT_SHARE * self._forward_s)
-            budget = min(self._max_wait_s, cap - (time.perf_counter() - started))
-            if budget <= 0:
+        started = self._clock()
+        callers = {batch[0].caller}
+        waves = tuple(self._waves)
+        waited_out = False
+        while True:
+            while len(batch) < self._limits.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                callers.add(item.caller)
+                waited_out = False  # an item that landed as the wait ran out counts as an arrival
+            now = self._clock()
+            state = GatherState(
+                self._limits,
+                items=len(batch),
+                callers=len(callers),
+                started=started,
+                newest_enqueued=batch[-1].enqueued,
+                idle_since=self._idle_since,
+                waves=waves,
+                incoming=self._incoming,
+                forward_s=self._forward_s,
+                waited_out=waited_out,
+            )
+            decision = decide(state, now)
+            if isinstance(decision, Dispatch):
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), budget))
-            except TimeoutError:
-                # An item can land as the wait times out: it is taken at the top of the loop.
-                waited = time.perf_counter() - started
-                short = callers < wave and waited < INCOMING_WAIT_SHARE * self._forward_s
-                if not self._incoming and not short and self._queue.empty():
-                    break
+            arrived = await self._next(decision.until)
+            waited_out = arrived is None
+            if arrived is not None:
+                batch.append(arrived)
+                callers.add(arrived.caller)
         self._waves.append(len(self._arrived))
         self._arrived.clear()
         return self._live(batch)
 
+    async def _next(self, until: float) -> _Item | None:
+        """Return the next item, or None once the clock reaches `until`."""
+        while (left := until - self._clock()) > 0:
+            try:
+                return await asyncio.wait_for(self._queue.get(), left)
+            except TimeoutError:
+                pass  # the loop's timer ran out: the clock says whether `until` has come
+        return None
+
     def _live(self, batch: list[_Item]) -> list[_Item]:
         """Drop the items whose caller has gone or whose deadline has passed; report the rest's wait."""
-        now = time.monotonic()
+        now = self._clock()
         live, cancelled, expired = [], 0, 0
         for item in batch:
             if item.future.done():
@@ -221,18 +228,18 @@ class BatchQueue:
             batch = await self._gather()
             if not batch:
                 continue
-            started = time.perf_counter()
+            started = self._clock()
             try:
                 vectors = await loop.run_in_executor(self._executor, self._run, [i.payload for i in batch])
             except Exception as exc:
-                self._idle_since = time.monotonic()
+                self._idle_since = self._clock()
                 log.exception("%s batch of %d failed", self.name, len(batch))
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            self._idle_since = time.monotonic()
-            self._record(len(batch), time.perf_counter() - started)
+            self._idle_since = self._clock()
+            self._record(len(batch), self._idle_since - started)
             for item, vector in zip(batch, vectors, strict=True):
                 if item.future.done():
                     continue
@@ -270,13 +277,14 @@ class Engine:
         max_wait_ms: float,
         observer: QueueObserver | None = None,
         model_thread: ThreadPoolExecutor | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Pass the one-thread executor the model was loaded on, so that one thread owns all its torch work.
         self._owns_executor = model_thread is None
         self._executor = model_thread or model_executor()
         wait_s = max_wait_ms / 1000.0
-        self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s, observer)
-        self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s, observer)
+        self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s, observer, clock)
+        self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s, observer, clock)
 
     @property
     def alive(self) -> bool:
