@@ -11,7 +11,8 @@ ServiceError                 base; `code` is the stable machine-readable name in
 ├── InvalidImage             invalid_image    not a decodable image of an allowed format
 ├── RequestTooLarge          request_too_large the HTTP body is over the limit
 ├── Overloaded               overloaded       no room in the queue, or out of accelerator memory
-└── Unavailable              unavailable      loading, draining or engine stopped
+├── RateLimited              rate_limited     the signing key spent its RATE_LIMIT_ITEMS_PER_S budget
+└── Unavailable              unavailable      loading, draining, engine stopped, or the shared store unreachable
 
 The codes are `clip_client.codes.ErrorCode` members, shared with the client that maps them.
 Only `app.api.errors` turns these into HTTP status codes.
@@ -70,6 +71,16 @@ class RequestTooLarge(ServiceError):
 
 class Overloaded(ServiceError):
     code = ErrorCode.OVERLOADED
+
+
+class RateLimited(ServiceError):
+    """The signing key has spent its budget; `retry_after_s` says when enough items are back."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(ServiceError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from clip_client.codes import ErrorCode
@@ -26,6 +27,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.DownloadFailed: 502,
     errors.DownloadTimeout: 504,
     errors.Overloaded: 503,
+    errors.RateLimited: 429,
     errors.Unavailable: 503,
 }
 RETRY_AFTER_S = "1"
@@ -60,6 +62,9 @@ def status_for(exc: errors.ServiceError) -> int:
 def service_error_response(exc: errors.ServiceError) -> Response:
     status = status_for(exc)
     headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    if isinstance(exc, errors.RateLimited):
+        # Whole seconds, rounded up, at least one: when enough of the key's budget is back.
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     return error_response(exc.code, exc.message, status, headers)
 
 

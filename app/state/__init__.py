@@ -1,0 +1,20 @@
+"""Shared state in Redis (STATE_URL): nonces, the embedding cache's second level, rate limits per signing key."""
+
+from __future__ import annotations
+
+from app.state.cache import RedisEmbeddingCache
+from app.state.errors import StoreUnavailable
+from app.state.keys import signing_key_id
+from app.state.nonces import RedisNonceStore
+from app.state.ratelimit import RateDecision, RedisRateLimiter
+from app.state.shared import SharedState
+
+__all__ = [
+    "RateDecision",
+    "RedisEmbeddingCache",
+    "RedisNonceStore",
+    "RedisRateLimiter",
+    "SharedState",
+    "StoreUnavailable",
+    "signing_key_id",
+]
