@@ -1,4 +1,4 @@
-"""Run the service: `python -m app` (settings from the environment).
+"""Run the service: `python -m app` (settings from the environment); WORKERS > 1 runs that many processes.
 
 SIGTERM/SIGINT drain the service first (see app.ops.lifecycle); the exit code is 0 after a drain,
 1 when the model could not load, 2 on invalid settings.
@@ -19,12 +19,8 @@ os.environ.setdefault(OPENMP_SPIN_COUNT.name, OPENMP_SPIN_COUNT.default)
 import logging
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
-from app.main import create_app
-from app.ops.heap import settle_heap
-from app.ops.lifecycle import DrainingServer, Lifecycle
 from app.ops.logs import configure_logging
 from app.settings import Settings
 
@@ -45,6 +41,21 @@ def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     for warning in settings.startup_warnings():
         log.warning(warning)
+    if settings.workers > 1:
+        # The supervisor loads neither torch nor the metrics library: the workers it forks do.
+        from app.ops.workers import run_pod
+
+        return run_pod(settings)
+    return _serve_one(settings)
+
+
+def _serve_one(settings: Settings) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.ops.heap import settle_heap
+    from app.ops.lifecycle import DrainingServer, Lifecycle
+
     exit_code = 0
 
     def on_fatal(reason: str) -> None:

@@ -20,14 +20,17 @@ from app.api.routes import SIGNED_BODIES, router
 from app.auth.verify import make_verifier
 from app.fetch.download import make_fetcher
 from app.fetch.urlguard import Lookup, system_lookup
+from app.inference.cache import TieredCache
 from app.inference.engine import Engine, model_executor
 from app.inference.loading import load_clip
 from app.inference.model import Embedder, ModelLoadError
 from app.inference.model_guard import GuardedEmbedder
 from app.ops.lifecycle import Lifecycle
+from app.ops.pod import PodBoard
 from app.pipeline import EmbeddingPipeline
 from app.services import Services, Status
 from app.settings import Settings
+from app.state.shared import open_shared_state, watch_shared_state
 
 log = logging.getLogger("app")
 
@@ -42,14 +45,22 @@ def create_app(
     on_ready: Callable[[], None] | None = None,
     lifecycle: Lifecycle | None = None,
     lookup: Lookup = system_lookup,
+    pod: PodBoard | None = None,
 ) -> FastAPI:
     """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
     `on_ready` runs once the model is loaded, just before the app reports ready (python -m app settles
-    the heap there), `lifecycle` the handle a server uses to drain it, `lookup` the DNS seam the URL guard checks."""
+    the heap there), `lifecycle` the handle a server uses to drain it, `lookup` the DNS seam the URL guard checks,
+    `pod` the notice board of the pod's workers (WORKERS > 1)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
-        services = Services.create(settings, make_verifier(settings))
+        state = open_shared_state(settings)
+        verifier = make_verifier(settings, nonces=state.nonces if state is not None else None)
+        services = Services.create(settings, verifier, pod, state)
+        cache = TieredCache(services.cache, state.cache) if state is not None else None
+        if cache is None and services.cache is not None:
+            cache = TieredCache(services.cache, None)
+        watcher = asyncio.create_task(watch_shared_state(services), name="shared-state") if state else None
         if lifecycle is not None:
             lifecycle.services = services
         fetcher = make_fetcher(settings, lookup)
@@ -90,7 +101,7 @@ def create_app(
                 request_timeout_s=settings.request_timeout_s,
                 admission=services.admission,
                 metrics=services.metrics,
-                cache=services.cache,
+                cache=cache,
             )
             if on_ready is not None:
                 try:
@@ -114,14 +125,20 @@ def create_app(
         try:
             yield {"services": services}
         finally:
-            loader.cancel()
-            await asyncio.gather(loader, return_exceptions=True)
+            for task in (loader, watcher):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (loader, watcher) if t is not None), return_exceptions=True)
             if services.engine is not None:
                 await services.engine.stop()
             await fetcher.aclose()
             cpu_pool.shutdown(wait=False, cancel_futures=True)
             # Let a running batch end (as the engine did when it owned the thread); a load in progress is not waited for.
             model_thread.shutdown(wait=services.engine is not None, cancel_futures=True)
+            if cache is not None:
+                await cache.aclose()
+            if state is not None:
+                await state.aclose()
 
     app = FastAPI(
         title="CLIP embedding service",

@@ -18,7 +18,7 @@ import torch
 
 from app.errors import ServiceError
 from app.fetch.download import ImageFetcher
-from app.inference.cache import EmbeddingCache, image_key, text_key
+from app.inference.cache import TieredCache, image_key, text_key
 from app.inference.decode import decode_image
 from app.inference.engine import Engine
 from app.inference.model import Embedder
@@ -56,7 +56,7 @@ class EmbeddingPipeline:
         request_timeout_s: float = 60.0,
         admission: Admission | None = None,
         metrics: Metrics | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: TieredCache | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._embedder = embedder
@@ -74,18 +74,25 @@ class EmbeddingPipeline:
         image = decode_image(data, max_pixels=self._max_pixels, draft_size=self._draft_size)
         return self._embedder.preprocess(image)
 
-    def _lookup_or_decode(self, data: bytes) -> _Prepared:
-        """Hash, look up, and on a miss decode (blocking; runs on the CPU pool)."""
+    def _lookup_or_decode(self, data: bytes, decode: bool) -> _Prepared:
+        """Hash, look up in this process, and on a miss decode unless told not to (blocking; CPU pool)."""
         key = image_key(data) if self._cache is not None else None
         if key is not None and self._cache is not None:
-            cached = self._cache.get(key)
-            self._count_cache("image", cached is not None)
+            cached = self._cache.get_local(key)
             if cached is not None:
+                self._count_cache("image", hit=True)
                 return _Prepared(key, vector=cached)
+        if not decode:
+            return _Prepared(key)
+        if key is not None:
+            self._count_cache("image", hit=False)
+        return _Prepared(key, pixels=self._decode(data))
+
+    def _decode(self, data: bytes) -> torch.Tensor:
         started = time.perf_counter()
         pixels = self.pixels_from_bytes(data)
         self._metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
-        return _Prepared(key, pixels=pixels)
+        return pixels
 
     async def _prepare(self, url: str) -> _Prepared:
         started = time.perf_counter()
@@ -93,7 +100,17 @@ class EmbeddingPipeline:
         self._metrics.stage_seconds.labels("download").observe(time.perf_counter() - started)
         self._metrics.download_bytes.inc(len(data))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._lookup_or_decode, data)
+        shared = self._cache is not None and self._cache.shared is not None
+        # Without a shared store, one hop does it all; with one, it is asked between hashing and decoding.
+        prepared = await loop.run_in_executor(self._pool, self._lookup_or_decode, data, not shared)
+        if prepared.vector is not None or prepared.pixels is not None or prepared.key is None:
+            return prepared
+        assert self._cache is not None
+        vector = await self._cache.get_shared(prepared.key)
+        self._count_cache("image", hit=vector is not None)
+        if vector is not None:
+            return _Prepared(prepared.key, vector=vector)
+        return _Prepared(prepared.key, pixels=await loop.run_in_executor(self._pool, self._decode, data))
 
     async def _compute(self, prepared: _Prepared, deadline: float, caller: object | None = None) -> np.ndarray:
         if prepared.vector is not None:
@@ -146,9 +163,9 @@ class EmbeddingPipeline:
         with self._admission.admit(1):
             deadline = time.monotonic() + self._timeout_s
             key = text_key(text) if self._cache is not None else None
-            vector = self._cache.get(key) if key is not None and self._cache is not None else None
+            vector = await self._cache.get(key) if key is not None and self._cache is not None else None
             if key is not None:
-                self._count_cache("text", vector is not None)
+                self._count_cache("text", hit=vector is not None)
             if vector is None:
                 tokens = await self._tokenize(text)
                 (vector,) = await self._engine.texts.submit([tokens], deadline)
@@ -163,7 +180,7 @@ class EmbeddingPipeline:
         with self._engine.texts.expecting(1):
             return await asyncio.get_running_loop().run_in_executor(self._pool, self._embedder.tokenize, text)
 
-    def _count_cache(self, kind: str, hit: bool) -> None:
+    def _count_cache(self, kind: str, *, hit: bool) -> None:
         (self._metrics.cache_hits if hit else self._metrics.cache_misses).labels(kind).inc()
 
 

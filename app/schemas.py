@@ -67,3 +67,6 @@ class HealthResponse(BaseModel):
     random_weights: bool | None = None
     reason: str | None = None
     engine: dict[str, dict[str, int]] | None = None
+    pod: dict[str, object] | None = None  # WORKERS > 1: expected, ready, restarts, and each worker
+    devices: list[str] | None = None  # WORKERS > 1: the devices the workers run on
+    shared_state: str | None = None  # STATE_URL: "ok" or "unreachable"

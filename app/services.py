@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from app.auth.verify import RequestVerifier
 from app.inference.cache import EmbeddingCache
@@ -15,8 +16,11 @@ from app.inference.engine import Engine
 from app.inference.model import ModelInfo
 from app.ops.admission import Admission, RequestTracker
 from app.ops.metrics import Metrics, gauge, labelled_gauge
+from app.ops.pod import STATE_FAILURES_HELP, STATE_UP_HELP, PodBoard, WorkerNotice
 from app.pipeline import EmbeddingPipeline
 from app.settings import Settings
+from app.state.ratelimit import RedisRateLimiter
+from app.state.shared import SharedState
 
 DRAINING_REASON = "draining: the server is shutting down"
 
@@ -44,14 +48,30 @@ class Services:
     load_seconds: float | None = None
     engine: Engine | None = None
     pipeline: EmbeddingPipeline | None = None
+    pod: PodBoard | None = None  # the other workers' notices, when WORKERS > 1
+    state: SharedState | None = None  # nonces, cache and rate limits shared through STATE_URL
+    state_up: bool = True  # whether the shared store answered the last check
 
     @classmethod
-    def create(cls, settings: Settings, verifier: RequestVerifier) -> Services:
+    def create(
+        cls,
+        settings: Settings,
+        verifier: RequestVerifier,
+        pod: PodBoard | None = None,
+        state: SharedState | None = None,
+    ) -> Services:
         """Build the services of one app, with its metrics, admission bound and cache."""
         cache = EmbeddingCache(settings.cache_max_entries) if settings.cache_max_entries > 0 else None
-        services = cls(settings, verifier, admission=Admission(settings.max_queued_items), cache=cache)
-        services.metrics.add_gauges(services.gauges)
+        metrics = Metrics(pod_gauges=pod.metrics if pod is not None else None)
+        admission = Admission(settings.max_queued_items)
+        services = cls(settings, verifier, metrics=metrics, admission=admission, cache=cache, pod=pod, state=state)
+        services.metrics.add_gauges(services.model_gauges if pod is not None else services.gauges)
         return services
+
+    @property
+    def rate_limiter(self) -> RedisRateLimiter | None:
+        """Return the shared rate limiter, when RATE_LIMIT_ITEMS_PER_S is set."""
+        return self.state.rate_limiter if self.state is not None else None
 
     def ready(self) -> tuple[EmbeddingPipeline, ModelInfo] | None:
         """Return the pipeline and model info when requests can be served."""
@@ -69,6 +89,37 @@ class Services:
         """Refuse new work from now on: /health and new /v1 requests answer 503."""
         self.status, self.reason = Status.DRAINING, DRAINING_REASON
 
+    def notice(self, index: int) -> WorkerNotice:
+        """Return what this worker publishes on the pod's notice board."""
+        ready = self.ready() is not None
+        status = Status.OK.value if ready else self.status.value if self.status is not Status.OK else "unavailable"
+        gauges = {
+            "clip_requests_in_flight": float(self.requests.count),
+            "clip_admitted_items": float(self.admission.current),
+            "clip_admitted_items_limit": float(self.admission.limit),
+        }
+        if self.cache is not None:
+            gauges["clip_cache_entries"] = float(len(self.cache))
+        gauges |= self._state_gauges()
+        depths = {}
+        if self.engine is not None:
+            depths = {q.name: float(q.depth) for q in (self.engine.images, self.engine.texts)}
+        device = self.info.device if self.info is not None else self.settings.device
+        return WorkerNotice(os.getpid(), index, status, device, gauges=gauges, queue_depth=depths)
+
+    def model_gauges(self) -> Iterator[Metric]:
+        """Yield this worker's model gauges (with WORKERS > 1 the rest come from the notice board)."""
+        if self.info is not None:
+            yield from _model_gauges(self.info)
+
+    def _state_gauges(self) -> dict[str, float]:
+        if self.state is None:
+            return {}
+        return {
+            "clip_shared_state_up": 1.0 if self.state_up else 0.0,
+            "clip_shared_state_failures": float(sum(self.state.failure_counts().values())),
+        }
+
     def gauges(self) -> Iterator[Metric]:
         """Yield the metrics read at scrape time: readiness, queues, cache, model, GPU memory."""
         yield gauge(
@@ -81,6 +132,7 @@ class Services:
         yield gauge("clip_admitted_items_limit", "MAX_QUEUED_ITEMS", self.admission.limit)
         if self.cache is not None:
             yield gauge("clip_cache_entries", "Vectors held by the embedding cache", len(self.cache))
+        yield from _state_metrics(self._state_gauges())
         if self.engine is not None:
             depths = {q.name: float(q.depth) for q in (self.engine.images, self.engine.texts)}
             yield labelled_gauge("clip_queue_depth", "Items waiting for a forward pass, by queue", "queue", depths)
@@ -88,6 +140,14 @@ class Services:
             yield gauge("clip_model_load_seconds", "Seconds the model took to load and warm up", self.load_seconds)
         if self.info is not None:
             yield from _model_gauges(self.info)
+
+
+def _state_metrics(values: dict[str, float]) -> Iterator[Metric]:
+    if "clip_shared_state_up" in values:
+        yield gauge("clip_shared_state_up", STATE_UP_HELP, values["clip_shared_state_up"])
+        yield CounterMetricFamily(
+            "clip_shared_state_failures", STATE_FAILURES_HELP, value=values["clip_shared_state_failures"]
+        )
 
 
 def _model_gauges(info: ModelInfo) -> Iterator[Metric]:

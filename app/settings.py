@@ -297,6 +297,57 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Scaling and shared state
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description=(
+            "Server processes on the one port, each with its own event loop, decode pool, engine and model "
+            "replica (on CUDA, worker i uses GPU i mod the visible GPUs). Above 1 it needs `STATE_URL`, so that "
+            "a nonce seen by one worker is refused by all. Sizing: README.pod.md, Scaling a pod."
+        ),
+    )
+    state_url: SecretStr | None = Field(
+        None,
+        description=(
+            "Redis URL shared by every worker and pod (`redis://host:6379/0`, `rediss://` for TLS): nonces, the "
+            "embedding cache's second level and the rate limits live there. Unset: all three stay in the "
+            "process (one worker only). Never logged (it may hold a password). Failure rules: docs/shared-state.md."
+        ),
+    )
+    state_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        le=30,
+        description=(
+            "Seconds: the longest wait for one call to the shared store. Past it a nonce check or a rate limit "
+            "answers 503 `unavailable` (fail closed) and a cache lookup counts as a miss (fail open)."
+        ),
+    )
+    cache_ttl_s: int = Field(
+        86_400,
+        ge=1,
+        le=31_536_000,
+        description="Seconds a vector stays in the shared cache (`STATE_URL`) after it was computed.",
+    )
+    rate_limit_items_per_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Images and texts per second each signing key may send, shared by every worker and pod (needs "
+            "`STATE_URL`); over it, 429 `rate_limited` with `Retry-After`. Unset: no limit."
+        ),
+    )
+    rate_limit_burst: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Items a signing key may send at once on top of its steady rate (the bucket's size). Unset: one "
+            "second of `RATE_LIMIT_ITEMS_PER_S`. At least `MAX_BATCH_SIZE`, or a full batch is never admitted."
+        ),
+    )
+
     @field_validator("embedding_hmac_secret", mode="before")
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
@@ -355,6 +406,24 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EMBEDDING_HMAC_SECRET is not set: set it to a long random string "
                 "(e.g. `openssl rand -hex 32`), or set ALLOW_INSECURE_AUTH=1 for local development only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_state_where_needed(self) -> Settings:
+        if self.workers > 1 and self.state_url is None:
+            raise ValueError(
+                f"WORKERS={self.workers} needs STATE_URL (e.g. redis://127.0.0.1:6379/0): each worker would "
+                "otherwise remember only its own nonces, and a replayed request could get through another worker"
+            )
+        if self.rate_limit_items_per_s is not None and self.state_url is None:
+            raise ValueError(
+                "RATE_LIMIT_ITEMS_PER_S needs STATE_URL (e.g. redis://127.0.0.1:6379/0), where the limits are counted"
+            )
+        if self.rate_limit_burst is not None and self.rate_limit_burst < self.max_batch_size:
+            raise ValueError(
+                f"RATE_LIMIT_BURST={self.rate_limit_burst} is below MAX_BATCH_SIZE={self.max_batch_size}: a full "
+                "batch request could never be admitted; raise RATE_LIMIT_BURST or lower MAX_BATCH_SIZE"
             )
         return self
 
@@ -452,6 +521,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("Engine", "engine_max_batch"),
     ("Server", "host"),
     ("Operations", "max_queued_items"),
+    ("Scaling and shared state", "workers"),
 )
 
 

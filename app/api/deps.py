@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 
 from app.api.body import M, auth_headers, parse_body
 from app.api.observe import RequestRecord
-from app.auth.verify import AuthHeaders, RequestVerifier
+from app.auth.verify import UNSIGNED, AuthHeaders, RequestVerifier
 from app.errors import Unavailable
 from app.inference.model import ModelInfo
 from app.pipeline import EmbeddingPipeline
@@ -37,10 +37,11 @@ class Signed:
         raw = request.scope.get("raw_path")
         self._path = raw.decode("latin-1") if raw else request.url.path
         self._headers = headers
+        self.key_id = UNSIGNED
 
-    def verify(self, payload_id: str) -> None:
-        """Raise Unauthorized unless the signature covers this payload."""
-        self._verifier.verify(self._method, self._path, payload_id, self._headers)
+    async def verify(self, payload_id: str) -> None:
+        """Raise Unauthorized unless the signature covers this payload; note which key signed it."""
+        self.key_id = await self._verifier.verify(self._method, self._path, payload_id, self._headers)
 
 
 @dataclass(slots=True)
@@ -53,6 +54,12 @@ class EmbedCall:
     signed: Signed
     record: RequestRecord
     request: Request
+
+    async def charge(self, items: int) -> None:
+        """Spend `items` of the signing key's rate limit: 429 rate_limited when it is spent (RATE_LIMIT_ITEMS_PER_S)."""
+        limiter = self.services.rate_limiter
+        if limiter is not None:
+            await limiter.acquire(self.signed.key_id, items)
 
     async def body(self, model: type[M]) -> M:
         """Return the request's JSON body validated as `model` (422 through RequestValidationError)."""

@@ -63,6 +63,19 @@ async def health(services: ServicesDep) -> Response:
     if not ready:
         body["status"] = services.status.value if services.status is not Status.OK else "unavailable"
         body["reason"] = services.reason or "engine stopped"
+    if services.state is not None:
+        services.state_up = await services.state.ping()
+        # Reported, not a reason for 503: requests that need the store fail on their own (503).
+        body["shared_state"] = "ok" if services.state_up else "unreachable"
+    if services.pod is not None:
+        pod = services.pod.summary()
+        body["pod"] = pod.to_json()
+        body["devices"] = pod.devices
+        if ready and not pod.all_ready:
+            # A request must never land on a worker still loading while /health says ok.
+            ready = False
+            body["status"] = "unavailable"
+            body["reason"] = f"{pod.ready} of {pod.expected} workers ready"
     response = json_response(body, 200 if ready else 503)
     if not ready:
         response.headers["Retry-After"] = RETRY_AFTER_S
@@ -78,7 +91,8 @@ async def health(services: ServicesDep) -> Response:
 async def embed_image(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageRequest)
     call.record.items = 1
-    call.signed.verify(image_payload_id(body.image_url))
+    await call.signed.verify(image_payload_id(body.image_url))
+    await call.charge(1)
     vector = await call.pipeline.embed_image(body.image_url)
     return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
 
@@ -92,12 +106,13 @@ async def embed_image(call: EmbedCallDep) -> Response:
 async def embed_image_batch(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageBatchRequest)
     call.record.items = len(body.image_urls)
-    call.signed.verify(batch_payload_id(body.image_urls))
+    await call.signed.verify(batch_payload_id(body.image_urls))
     limit = call.services.settings.max_batch_size
     if len(body.image_urls) > limit:
         raise InvalidRequest(
             f"image_urls holds {len(body.image_urls)} URLs; at most MAX_BATCH_SIZE={limit} are accepted per request"
         )
+    await call.charge(len(body.image_urls))
     info = call.info
     outcomes = await call.pipeline.embed_images(body.image_urls)
     results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
@@ -128,7 +143,8 @@ def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, obj
 async def embed_text(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedTextRequest)
     call.record.items = 1
-    call.signed.verify(text_payload_id(body.text))
+    await call.signed.verify(text_payload_id(body.text))
+    await call.charge(1)
     limit = call.services.settings.max_text_chars
     if len(body.text) > limit:
         raise InvalidRequest(f"text is {len(body.text)} characters; at most {limit} are accepted")

@@ -19,6 +19,7 @@ from clip_client.signing import canonical_message, legacy_message, signature_mat
 
 from app.errors import Overloaded, Unauthorized
 from app.settings import Settings
+from app.state.keys import signing_key_id
 
 log = logging.getLogger("app.auth.verify")
 
@@ -31,6 +32,8 @@ _SIGNATURE_RE = re.compile(r"\s*[0-9A-Fa-f]{64}\s*")
 UNAUTHORIZED_MESSAGE = "missing or invalid request signature"
 LEGACY_UNAUTHORIZED_MESSAGE = "missing or invalid signature"
 _NO_KEY_SIGNS = "no EMBEDDING_HMAC_SECRET key signs this request"
+# The key id of requests accepted unsigned (ALLOW_INSECURE_AUTH=1): they share one rate limit.
+UNSIGNED = "unsigned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +61,9 @@ class _Attempt:
 
 
 class NonceStore(Protocol):
-    """Remembers nonces; a shared implementation can replace the in-process one."""
+    """Remembers nonces: in this process, or shared by every process (app.state, STATE_URL)."""
 
-    def remember(self, nonce: str, ttl_s: float) -> bool:
+    async def remember(self, nonce: str, ttl_s: float) -> bool:
         """Store `nonce` for `ttl_s`; return False when it was already there."""
         ...
 
@@ -77,7 +80,8 @@ class MemoryNonceStore:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def remember(self, nonce: str, ttl_s: float) -> bool:
+    async def remember(self, nonce: str, ttl_s: float) -> bool:
+        """Store `nonce` for `ttl_s`; return False when it was already there."""
         now = self._clock()
         with self._lock:
             # Insertion order is expiry order because every entry has the same ttl.
@@ -106,6 +110,8 @@ class RequestVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secrets = [s.encode("utf-8") for s in secrets]
+        # What rate limits and logs may name a key by: never the secret itself.
+        self._key_ids = [signing_key_id(s) for s in secrets]
         self._max_skew_s = max_skew_s
         self.insecure = insecure
         self._require_nonce = require_nonce
@@ -120,10 +126,13 @@ class RequestVerifier:
         self._check_timestamp(headers.timestamp, attempt)
         self._check_signature(headers.signature, attempt)
 
-    def verify(self, method: str, path: str, payload_id: str, headers: AuthHeaders) -> None:
-        """Raise Unauthorized unless the headers sign this request; remember its nonce."""
+    async def verify(self, method: str, path: str, payload_id: str, headers: AuthHeaders) -> str:
+        """Raise Unauthorized unless the headers sign this request; remember its nonce; return the key's id.
+
+        The id is `UNSIGNED` when ALLOW_INSECURE_AUTH=1.
+        """
         if self.insecure:
-            return
+            return UNSIGNED
         attempt = _Attempt(headers.request_id)
         ts = self._check_timestamp(headers.timestamp, attempt)
         signature = self._check_signature(headers.signature, attempt)
@@ -132,12 +141,14 @@ class RequestVerifier:
             attempt.refuse("malformed X-Nonce (expected 16-64 characters of A-Za-z0-9_-)")
         if nonce is None and self._require_nonce:
             attempt.refuse("missing X-Nonce (REQUIRE_NONCE=1)")
-        if not self._signed_by_a_key(canonical_message(method, path, payload_id, ts, nonce), signature):
+        key = self._signing_key(canonical_message(method, path, payload_id, ts, nonce), signature)
+        if key is None:
             attempt.refuse(
                 f"bad signature for {method} {path!r}: {_NO_KEY_SIGNS} (method, path, body, timestamp, nonce)"
             )
-        if nonce is not None and not self._nonces.remember(nonce, 2 * self._max_skew_s):
+        if nonce is not None and not await self._nonces.remember(nonce, 2 * self._max_skew_s):
             attempt.refuse("reused X-Nonce: a request with this nonce was already accepted (a replay?)")
+        return self._key_ids[key]
 
     def verify_legacy(
         self, image_url: str, timestamp: object, signature: object, request_id: str | None = None
@@ -155,13 +166,14 @@ class RequestVerifier:
         if signature is not None and not isinstance(signature, str):
             attempt.refuse("malformed signature (expected 64 hex characters)")
         checked = self._check_signature(signature if isinstance(signature, str) else None, attempt, "signature")
-        if not self._signed_by_a_key(legacy_message(image_url, ts), checked):
+        if self._signing_key(legacy_message(image_url, ts), checked) is None:
             attempt.refuse(f"bad signature for the legacy job: {_NO_KEY_SIGNS} (image_url, timestamp)")
 
-    def _signed_by_a_key(self, message: str, signature: str) -> bool:
+    def _signing_key(self, message: str, signature: str) -> int | None:
+        """Return the index of the secret that signs `message`, or None."""
         # Check every secret so the time taken does not say which one matched.
         matches = [signature_matches(key, message, signature) for key in self._secrets]
-        return any(matches)
+        return matches.index(True) if any(matches) else None
 
     def _check_timestamp(self, raw: str | None, attempt: _Attempt, name: str = "X-Timestamp") -> str:
         if raw is None or raw == "":

@@ -17,13 +17,14 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one line of JSON: ts, level, logger, msg, the extras, and exc when any."""
+    """Format a record as one line of JSON: ts, level, logger, pid, msg, the extras, and exc when any."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker process spoke, when WORKERS > 1
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,9 +28,11 @@ def endpoint_label(path: str) -> str:
 class Metrics:
     """The service's instruments, registered in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, pod_gauges: Callable[[], Iterable[Metric]] | None = None) -> None:
+        self._pod_gauges = pod_gauges
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: they double the output and nobody graphs them
         self.registry = CollectorRegistry(auto_describe=True)
+        self._readers: list[_Gauges] = []
         r = self.registry
         self.requests = Counter(
             "clip_http_requests", "HTTP requests answered, by endpoint and status", ["endpoint", "status"], registry=r
@@ -84,11 +87,22 @@ class Metrics:
 
     def add_gauges(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Register a function whose metric families are read at every scrape."""
-        self.registry.register(_Gauges(read))
+        collector = _Gauges(read)
+        self._readers.append(collector)
+        self.registry.register(collector)
 
     def render(self) -> bytes:
-        """Return the text exposition of every metric."""
-        return generate_latest(self.registry)
+        """Return the text exposition of every metric: the pod's, with WORKERS > 1."""
+        if self._pod_gauges is None:
+            return generate_latest(self.registry)
+        # Counters and histograms of every worker, summed from their files (prometheus_client's
+        # multiprocess mode), the pod's gauges from the notice board, and this worker's model gauges.
+        pod = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(pod)  # type: ignore[no-untyped-call]
+        pod.register(_Gauges(self._pod_gauges))
+        for collector in self._readers:
+            pod.register(collector)
+        return generate_latest(pod)
 
 
 class _Gauges(Collector):

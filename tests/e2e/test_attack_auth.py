@@ -3,6 +3,7 @@ malformed and huge timestamps, replayed nonces, rotated secrets, raw paths, and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -56,7 +57,7 @@ def headers(
 
 def verify(v: RequestVerifier, h: AuthHeaders, payload: str = PAYLOAD, path: str = PATH) -> None:
     v.precheck(h)
-    v.verify("POST", path, payload, h)
+    asyncio.run(v.verify("POST", path, payload, h))
 
 
 def test_verifier_accepts_valid_signature():
@@ -190,12 +191,12 @@ def test_verifier_require_nonce_refuses_missing_nonce():
 def test_nonce_store_refuses_when_full_of_live_nonces():
     clock = Clock(0)
     store = MemoryNonceStore(3, clock=clock)
-    assert [store.remember(f"n{i}", 10) for i in range(3)] == [True, True, True]
+    assert [asyncio.run(store.remember(f"n{i}", 10)) for i in range(3)] == [True, True, True]
     with pytest.raises(Overloaded):
-        store.remember("n3", 10)
-    assert store.remember("n0", 10) is False  # still remembered, not evicted
+        asyncio.run(store.remember("n3", 10))
+    assert asyncio.run(store.remember("n0", 10)) is False  # still remembered, not evicted
     clock.now = 10
-    assert store.remember("n3", 10) is True
+    assert asyncio.run(store.remember("n3", 10)) is True
     assert len(store) == 1
 
 
@@ -205,7 +206,7 @@ def test_nonce_store_stays_bounded_under_flood():
     sizes = set()
     for i in range(5000):
         clock.now = i  # one nonce per tick, each living 100 ticks: the store holds at most 100
-        assert store.remember(f"flood-{i}", 100) is True
+        assert asyncio.run(store.remember(f"flood-{i}", 100)) is True
         sizes.add(len(store))
     assert max(sizes) == 100
 
@@ -228,7 +229,7 @@ def test_make_verifier_splits_comma_separated_secrets():
     now = int(time.time())
     for secret in ("new-secret", "old-secret"):
         h = signed_headers(secret, "POST", PATH, PAYLOAD, timestamp=now)
-        v.verify("POST", PATH, PAYLOAD, AuthHeaders(h["X-Timestamp"], h["X-Signature"], None))
+        asyncio.run(v.verify("POST", PATH, PAYLOAD, AuthHeaders(h["X-Timestamp"], h["X-Signature"], None)))
 
 
 @pytest.mark.parametrize("value", [",", " , ,", "  "])

@@ -68,7 +68,8 @@ def test_server_sets_openmp_spin_count_before_torch_loads(given, expected):
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | {"OMP_DISPLAY_ENV": "verbose"}
     if given is not None:
         env["GOMP_SPINCOUNT"] = given
-    command = [sys.executable, "-c", "import app.__main__"]
+    # app.__main__ sets it on import; the app (and torch) load after it, as in `python -m app`.
+    command = [sys.executable, "-c", "import app.__main__, app.main"]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"GOMP_SPINCOUNT = '{expected}'" in proc.stderr

@@ -1,0 +1,160 @@
+"""The workers' shared notice board (WORKERS > 1): one JSON file per worker in a folder the supervisor made.
+
+Each worker publishes its status, device and gauges a few times a second; whichever worker answers
+/health or /metrics reads every file, so that both describe the whole pod rather than one process. The
+supervisor removes a dead worker's file and counts the replacements in `supervisor.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+# A worker whose last notice is older than this is taken as hung: the pod is not ready.
+STALE_AFTER_S = 5.0
+# How often a worker publishes its notice.
+PUBLISH_EVERY_S = 0.25
+SUPERVISOR_FILE = "supervisor.json"
+# Gauges summed over the workers (the rest of a worker's gauges describe the model and are the same).
+STATE_UP_HELP = "1 while the shared store (STATE_URL) answers, 0 while it is unreachable"
+STATE_FAILURES_HELP = "Calls to the shared store that failed (timeouts, connection errors), all pieces"
+SUMMED_GAUGES = {
+    "clip_requests_in_flight": "/v1 requests being answered, all workers",
+    "clip_admitted_items": "Images and texts admitted and not yet answered, all workers",
+    "clip_admitted_items_limit": "MAX_QUEUED_ITEMS times the workers running",
+    "clip_cache_entries": "Vectors held by the workers' in-process caches, all workers",
+}
+
+
+@dataclass(slots=True)
+class WorkerNotice:
+    """What one worker says of itself."""
+
+    pid: int
+    index: int
+    status: str
+    device: str | None = None
+    updated: float = 0.0
+    gauges: dict[str, float] = field(default_factory=dict)
+    queue_depth: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PodSummary:
+    """The pod as /health shows it."""
+
+    expected: int
+    notices: list[WorkerNotice]
+    restarts: int
+
+    @property
+    def ready(self) -> int:
+        """Count the workers that are ready and have spoken recently."""
+        return sum(1 for n in self.notices if n.status == "ok")
+
+    @property
+    def all_ready(self) -> bool:
+        """Say whether every expected worker is ready."""
+        return self.ready >= self.expected
+
+    @property
+    def devices(self) -> list[str]:
+        """Return the devices the workers run on, each once, in order."""
+        return sorted({n.device for n in self.notices if n.device})
+
+    def to_json(self) -> dict[str, object]:
+        """Return the pod part of /health's body."""
+        return {
+            "expected": self.expected,
+            "ready": self.ready,
+            "restarts": self.restarts,
+            "workers": [{"index": n.index, "pid": n.pid, "status": n.status, "device": n.device} for n in self.notices],
+        }
+
+
+class PodBoard:
+    """Read and write the notices in one folder."""
+
+    def __init__(self, folder: Path, expected: int) -> None:
+        self.folder = folder
+        self.expected = expected
+
+    def publish(self, notice: WorkerNotice) -> None:
+        """Replace this worker's notice atomically (a reader never sees half a file)."""
+        notice.updated = time.time()
+        path = self._path(notice.pid)
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(asdict(notice)))
+        os.replace(partial, path)
+
+    def withdraw(self, pid: int) -> None:
+        """Remove a worker's notice (it exited)."""
+        self._path(pid).unlink(missing_ok=True)
+
+    def count_restart(self) -> int:
+        """Count one worker replaced; return the total so far."""
+        restarts = self._restarts() + 1
+        path = self.folder / SUPERVISOR_FILE
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps({"restarts": restarts}))
+        os.replace(partial, path)
+        return restarts
+
+    def summary(self, now: float | None = None) -> PodSummary:
+        """Read every notice; a stale one counts as a hung worker."""
+        now = time.time() if now is None else now
+        notices = []
+        for path in sorted(self.folder.glob("worker-*.json")):
+            try:
+                notice = WorkerNotice(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue  # removed or replaced while being read
+            if now - notice.updated > STALE_AFTER_S and notice.status == "ok":
+                notice.status = "unresponsive"
+            notices.append(notice)
+        notices.sort(key=lambda n: n.index)
+        return PodSummary(self.expected, notices, self._restarts())
+
+    def metrics(self) -> Iterator[Metric]:
+        """Yield the pod's gauges: workers, their readiness, and the per-worker gauges summed."""
+        pod = self.summary()
+        yield GaugeMetricFamily("clip_workers", "Worker processes configured (WORKERS)", value=pod.expected)
+        yield GaugeMetricFamily("clip_workers_ready", "Worker processes ready to serve", value=pod.ready)
+        yield CounterMetricFamily(
+            "clip_worker_restarts", "Worker processes that died and were replaced", value=pod.restarts
+        )
+        yield GaugeMetricFamily(
+            "clip_ready", "1 while /health answers 200 (every worker ready)", value=1.0 if pod.all_ready else 0.0
+        )
+        for name, documentation in SUMMED_GAUGES.items():
+            values = [n.gauges[name] for n in pod.notices if name in n.gauges]
+            if values:
+                yield GaugeMetricFamily(name, documentation, value=sum(values))
+        up = [n.gauges["clip_shared_state_up"] for n in pod.notices if "clip_shared_state_up" in n.gauges]
+        if up:
+            yield GaugeMetricFamily("clip_shared_state_up", STATE_UP_HELP, value=min(up))
+            failures = sum(n.gauges.get("clip_shared_state_failures", 0.0) for n in pod.notices)
+            yield CounterMetricFamily("clip_shared_state_failures", STATE_FAILURES_HELP, value=failures)
+        depth = GaugeMetricFamily("clip_queue_depth", "Items waiting for a forward pass, by queue", labels=["queue"])
+        totals: dict[str, float] = {}
+        for notice in pod.notices:
+            for queue, value in notice.queue_depth.items():
+                totals[queue] = totals.get(queue, 0.0) + value
+        for queue, value in sorted(totals.items()):
+            depth.add_metric([queue], value)
+        yield depth
+
+    def _path(self, pid: int) -> Path:
+        return self.folder / f"worker-{pid}.json"
+
+    def _restarts(self) -> int:
+        try:
+            return int(json.loads((self.folder / SUPERVISOR_FILE).read_text())["restarts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0

@@ -1,0 +1,96 @@
+"""The pod's notice board and the worker-to-GPU mapping, without processes."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
+
+from app.ops.pod import STALE_AFTER_S, PodBoard, WorkerNotice
+from app.ops.workers import device_for_worker
+
+
+@pytest.mark.parametrize(
+    ("requested", "index", "gpus", "expected"),
+    [
+        ("auto", 0, 4, "cuda:0"),
+        ("auto", 5, 4, "cuda:1"),
+        ("cuda", 3, 2, "cuda:1"),
+        ("cuda", 2, 2, "cuda:0"),
+        ("auto", 3, 0, "auto"),
+        ("cpu", 3, 4, "cpu"),
+        ("cuda:2", 0, 4, "cuda:2"),
+    ],
+)
+def test_device_for_worker_spreads_workers_over_gpus(requested, index, gpus, expected):
+    assert device_for_worker(requested, index, gpus) == expected
+
+
+def _notice(pid: int, index: int, status: str = "ok", **gauges: float) -> WorkerNotice:
+    return WorkerNotice(pid=pid, index=index, status=status, device="cpu", gauges=dict(gauges))
+
+
+def test_pod_board_is_ready_only_when_every_expected_worker_is(tmp_path):
+    board = PodBoard(tmp_path, expected=2)
+    board.publish(_notice(11, 0))
+    assert (board.summary().ready, board.summary().all_ready) == (1, False)
+    board.publish(_notice(12, 1, status="loading"))
+    assert board.summary().all_ready is False
+    board.publish(_notice(12, 1))
+    summary = board.summary()
+    assert (summary.ready, summary.all_ready, [n.pid for n in summary.notices]) == (2, True, [11, 12])
+
+
+def test_pod_board_withdrawn_worker_is_no_longer_counted(tmp_path):
+    board = PodBoard(tmp_path, expected=2)
+    board.publish(_notice(11, 0))
+    board.publish(_notice(12, 1))
+    board.withdraw(12)
+    assert [n.pid for n in board.summary().notices] == [11]
+    assert board.summary().all_ready is False
+
+
+def test_pod_board_stale_worker_counts_as_unresponsive(tmp_path):
+    board = PodBoard(tmp_path, expected=1)
+    board.publish(_notice(11, 0))
+    updated = board.summary().notices[0].updated
+    later = board.summary(now=updated + STALE_AFTER_S + 1)
+    assert ([n.status for n in later.notices], later.all_ready) == (["unresponsive"], False)
+
+
+def test_pod_board_counts_restarts(tmp_path):
+    board = PodBoard(tmp_path, expected=1)
+    assert board.summary().restarts == 0
+    assert (board.count_restart(), board.count_restart()) == (1, 2)
+    assert board.summary().to_json()["restarts"] == 2
+
+
+class _Read(Collector):
+    def __init__(self, board: PodBoard) -> None:
+        self._board = board
+
+    def collect(self):
+        return self._board.metrics()
+
+
+def test_pod_board_metrics_sum_the_workers_gauges(tmp_path):
+    board = PodBoard(tmp_path, expected=3)
+    one = _notice(11, 0, clip_requests_in_flight=2, clip_admitted_items=5)
+    one.queue_depth = {"images": 3, "texts": 1}
+    two = _notice(12, 1, clip_requests_in_flight=1, clip_admitted_items=4)
+    two.queue_depth = {"images": 2}
+    board.publish(one)
+    board.publish(two)
+    registry = CollectorRegistry()
+    registry.register(_Read(board))
+    lines = set(generate_latest(registry).decode().splitlines())
+    assert {
+        "clip_workers 3.0",
+        "clip_workers_ready 2.0",
+        "clip_ready 0.0",
+        "clip_requests_in_flight 3.0",
+        "clip_admitted_items 9.0",
+        'clip_queue_depth{queue="images"} 5.0',
+        'clip_queue_depth{queue="texts"} 1.0',
+        "clip_worker_restarts_total 0.0",
+    } <= lines
