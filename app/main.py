@@ -105,7 +105,7 @@ def create_app(
             )
             if on_ready is not None:
                 try:
-                    on_ready()  # before /health says ok: settling collects once, ~250 ms with the loop stopped
+                    on_ready()  # before /health says ok: settling collects once, with the loop stopped
                 except Exception as exc:
                     log.exception("on_ready failed")
                     _fail(services, f"start-up failed after the model loaded: {type(exc).__name__}: {exc}", on_fatal)

@@ -26,9 +26,9 @@ from app.ops.admission import Admission
 from app.ops.metrics import Metrics
 
 ItemResult = np.ndarray | ServiceError
-# Texts up to this many characters are tokenised on the event loop: a caption takes ~0.07 ms and the
-# worst 128 characters found (random Latin-1) ~0.8 ms, while a hop to the pool costs the loop more
-# than a caption's tokenising, and the GIL keeps the pool thread from running beside the loop anyway.
+# Texts up to this many characters are tokenised on the event loop: a hop to the pool costs the loop
+# more than tokenising a caption, and the GIL keeps the pool thread from running beside the loop anyway
+# (figures in docs/performance.md).
 INLINE_TOKENIZE_CHARS = 128
 
 

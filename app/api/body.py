@@ -1,8 +1,8 @@
 """Request bodies and signature headers read by the endpoints themselves, with their OpenAPI entries.
 
-FastAPI's own body and `Header()` parameters re-inspect their type annotations on every request:
-about 100 µs per request on this machine's CPU (`bench.overhead`), a sixth of all the HTTP layer
-costs. pydantic validates the raw bytes in one call instead; the errors still go through the one
+FastAPI's own body and `Header()` parameters re-inspect their type annotations on every request,
+a measurable share of what the HTTP layer costs (docs/performance.md). pydantic validates the raw
+bytes in one call instead; the errors still go through the one
 `RequestValidationError` handler, so the 422 answers keep their shape.
 """
 

@@ -15,5 +15,7 @@ class StoreUnavailable(Unavailable):
 
 
 # What a call to the store raises when the store is down, slow or refusing writes: redis-py's errors,
-# and the builtin TimeoutError (an OSError) of the deadline each call runs under.
-STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+# the builtin TimeoutError (an OSError) of the deadline each call runs under, and RuntimeError: under
+# uvloop, writing to a connection the store closed as it died raises "unable to perform operation on
+# <TCPTransport closed=True ...>", which redis-py passes on unconverted (it does drop the connection).
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, RuntimeError)

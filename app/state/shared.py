@@ -165,12 +165,16 @@ async def watch_shared_state(services: _Watched) -> None:
     state = services.state
     if state is None:
         return
+    # What the log last said, apart from `state_up`: /health updates that too, and a change it sees first
+    # must still be logged here.
+    logged_up = services.state_up
     while True:
         up = await state.ping()
-        if up != services.state_up:
+        if up != logged_up:
             if up:
                 log.warning("the shared store (STATE_URL) answers again")
             else:
                 log.error("the shared store (STATE_URL) is unreachable: signed requests with a nonce get 503")
+            logged_up = up
         services.state_up = up
         await asyncio.sleep(WATCH_EVERY_S)
