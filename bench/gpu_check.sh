@@ -7,8 +7,11 @@
 # Prints: pure encode_image images/s at batch 64/256 in fp16 and bf16 (eager, then compiled),
 # text/s, and end-to-end images/s through the real server with 1 MP JPEGs from a local static
 # server (with the server's CPU and its event loop's per image), the idle single-image p50, and what
-# the HTTP layer alone can feed on this host's CPU. Typically 4-6 minutes; each step has its own
-# timeout, and they add up to under 10 minutes.
+# the HTTP layer alone can feed on this host's CPU; then WORKERS=1,2,4 (and nproc/2 where larger) model
+# replicas on the one GPU (bench.workers, tiny and 1 MP JPEGs): where one GPU saturates. Typically 7-9
+# minutes; each step has its own timeout, and the whole script stops before 10 minutes: the WORKERS
+# step gets what is left of them, and is skipped, saying so, when too little is.
+# `bash bench/gpu_check.sh workers` runs the WORKERS step alone (3-4 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -25,6 +28,25 @@ MODEL=${GPU_CHECK_MODEL:-ViT-B-32}
 DUR=${GPU_CHECK_SECONDS:-30}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+
+# The WORKERS counts: 1,2,4, and nproc/2 where that is larger (one worker's event loop and decode threads per 2 cores).
+WORKERS_LIST=${GPU_CHECK_WORKERS:-1,2,4}
+HALF=$(( $(nproc) / 2 ))
+if [ -z "${GPU_CHECK_WORKERS:-}" ] && [ "$HALF" -gt 4 ]; then WORKERS_LIST="$WORKERS_LIST,$HALF"; fi
+workers_step() {
+  local budget=$1
+  echo "== WORKERS=$WORKERS_LIST model replicas on this GPU ($MODEL, $DEV), each with STATE_URL (bench.workers): images/s, CPU per image"
+  if [ "$budget" -lt 90 ]; then
+    echo "skipped: ${budget}s left of this run's 10 minutes; run it alone: bash bench/gpu_check.sh workers"
+    return
+  fi
+  # A pod's own defaults (one decode thread per core in each worker); the earlier steps' exports are for one process.
+  # On timeout bench.workers stops its servers and redis-servers; the rows already printed stand.
+  timeout "$budget" env -u CPU_WORKERS -u DOWNLOAD_CONCURRENCY -u ENGINE_MAX_BATCH -u CACHE_MAX_ENTRIES \
+    $PY -m bench.workers --model $MODEL --device $DEV --workers "$WORKERS_LIST" --parts scaling --repeats 1 \
+    --duration $(( DUR / 4 > 1 ? DUR / 4 : 2 )) -c 64 -b 32 || echo "workers run failed or timed out"
+}
+if [ "${1:-}" = "workers" ]; then workers_step 300; exit 0; fi
 
 PHOTOS=$(mktemp -d)
 $PY - "$PHOTOS" <<'PYEOF'
@@ -79,3 +101,7 @@ kill $SERVER; wait $SERVER 2>/dev/null
 
 echo "== the HTTP layer alone on this host's CPU (stand-in model of no cost, 64x48 JPEGs): what one event loop can feed"
 timeout 45 $PY -m bench.overhead --kind image -c 32 -b 32 --duration $((DUR / 3)) || echo "overhead run failed"
+
+# SECONDS: bash's count since the script started; the whole run stays under 10 minutes (570 s, and a margin).
+LEFT=$(( 570 - SECONDS ))
+workers_step $(( LEFT < 270 ? LEFT : 270 ))

@@ -36,7 +36,8 @@ local allow_at = new_tat - burst * interval
 if allow_at > now then
   return {0, math.ceil(allow_at - now), math.floor((now + burst * interval - tat) / interval)}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+-- At least 1 ms: at a very high rate one item's interval rounds away, and PX refuses 0.
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 return {1, 0, math.floor((now + burst * interval - new_tat) / interval)}
 """
 

@@ -187,6 +187,16 @@ async def test_state_ratelimit_keys_have_separate_budgets(state: SharedState):
     assert (await limiter(state).take(signing_key_id(SECRET), 1)).allowed is False
 
 
+@pytest.mark.parametrize("rate", [1e6, 1e9])
+async def test_state_ratelimit_very_high_rate_allows_without_store_errors(redis_server: RedisServer, rate: float):
+    fast = shared_state(redis_server, rate=rate)
+    try:
+        decisions = [await limiter(fast).take(signing_key_id(SECRET), 1) for _ in range(3)]
+        assert [d.allowed for d in decisions] == [True, True, True]
+    finally:
+        await fast.aclose()
+
+
 async def test_state_ratelimit_retry_after_is_enough_to_be_allowed(redis_server: RedisServer):
     fast = shared_state(redis_server, rate=50.0)
     try:
