@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from scripts.procs import PYTHONPATH, ROOT, app_server, free_port
 from tests.support.api import SECRET, call
 from tests.support.data import jpeg_bytes
 from tests.support.imageserver import ImageServer
+from tests.support.logs import json_log
 from tests.support.metrics import delta, scrape, value
 from tests.support.redis import RedisServer, find_redis_server
 
@@ -127,7 +127,7 @@ def until(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> No
 
 
 def log_messages(log_path: Path) -> list[str]:
-    return [json.loads(line)["msg"] for line in log_path.read_text().splitlines() if line.startswith("{")]
+    return [entry["msg"] for entry in json_log(log_path)]
 
 
 # --- nonces ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from scripts.procs import app_server
 from tests.support.api import SECRET, call
 from tests.support.data import jpeg_bytes
 from tests.support.imageserver import ImageServer
+from tests.support.logs import json_log
 from tests.support.redis import RedisServer, find_redis_server
 
 TEXT_PATH = "/v1/embed/text"
@@ -53,7 +53,7 @@ def pod(log_path: Path, redis_url: str, **env: str) -> Iterator[tuple[subprocess
 
 
 def _log(log_path: Path) -> list[dict]:
-    return [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    return json_log(log_path)
 
 
 def _answered_by(log_path: Path, request_id: str) -> int:
