@@ -126,10 +126,14 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        for name in ("uvicorn.error", "uvicorn.access"):
-            logger = logging.getLogger(name)
-            logger.handlers = []
-            logger.propagate = True
+        # uvicorn's errors go through the service's logging; its access log stays off, as in one process
+        # (ObserveMiddleware logs every request): uvicorn writes it whenever that logger has a handler.
+        errors = logging.getLogger("uvicorn.error")
+        errors.handlers = []
+        errors.propagate = True
+        access = logging.getLogger("uvicorn.access")
+        access.handlers = []
+        access.propagate = False
         self.config.access_log = False
 
     def load_wsgi(self) -> None:

@@ -110,6 +110,8 @@ def test_pod_spreads_requests_over_both_workers_and_metrics_count_them_all(runni
     after = _counter(base, 'clip_http_requests_total{endpoint="/v1/embed/text",status="200"}')
     assert len(pids) == 2  # new connections each time: the kernel hands them to both workers
     assert after - before == 24  # whichever worker answers the scrape, it counts the whole pod
+    # One line per request, the service's own: no uvicorn access line beside it, as in one process.
+    assert not [e for e in _log(log_path) if e.get("logger") == "uvicorn.access"]
 
 
 def test_pod_nonce_replayed_to_another_worker_is_refused(running_pod):
