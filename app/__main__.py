@@ -18,11 +18,15 @@ os.environ.setdefault(OPENMP_SPIN_COUNT.name, OPENMP_SPIN_COUNT.default)
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from app.ops.logs import configure_logging
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.main import EmbedderFactory
 
 log = logging.getLogger("app")
 
@@ -46,12 +50,14 @@ def main() -> int:
         from app.ops.workers import run_pod
 
         return run_pod(settings)
-    return _serve_one(settings)
+    return serve_one(settings)
 
 
-def _serve_one(settings: Settings) -> int:
+def serve_one(settings: Settings, embedder_factory: EmbedderFactory | None = None) -> int:
+    """Serve in this one process until SIGTERM; return the exit code (`embedder_factory`: the benchmarks' seam)."""
     import uvicorn
 
+    from app.inference.loading import load_clip
     from app.main import create_app
     from app.ops.heap import settle_heap
     from app.ops.lifecycle import DrainingServer, Lifecycle
@@ -64,7 +70,8 @@ def _serve_one(settings: Settings) -> int:
         server.should_exit = True
 
     lifecycle = Lifecycle()
-    app = create_app(settings, on_fatal=on_fatal, on_ready=settle_heap, lifecycle=lifecycle)
+    factory = embedder_factory or load_clip
+    app = create_app(settings, embedder_factory=factory, on_fatal=on_fatal, on_ready=settle_heap, lifecycle=lifecycle)
     config = uvicorn.Config(app, host=settings.resolved_host, port=settings.port, log_config=None, access_log=False)
     server = DrainingServer(config, lifecycle, grace_s=settings.shutdown_grace_s)
     server.run()

@@ -90,30 +90,9 @@ def serve() -> int:
         from app.ops.workers import run_pod
 
         return run_pod(settings, embedder_factory=_stand_in)
-    return _serve_one(settings)
+    from app.__main__ import serve_one
 
-
-def _serve_one(settings: Settings) -> int:
-    # app.__main__._serve_one with the model seam it lacks (run_pod has one).
-    import uvicorn
-
-    from app.main import create_app
-    from app.ops.heap import settle_heap
-    from app.ops.lifecycle import DrainingServer, Lifecycle
-
-    exit_code = 0
-
-    def on_fatal(reason: str) -> None:
-        nonlocal exit_code
-        exit_code = 1
-        server.should_exit = True
-
-    lifecycle = Lifecycle()
-    app = create_app(settings, embedder_factory=_stand_in, on_fatal=on_fatal, on_ready=settle_heap, lifecycle=lifecycle)
-    config = uvicorn.Config(app, host=settings.resolved_host, port=settings.port, log_config=None, access_log=False)
-    server = DrainingServer(config, lifecycle, grace_s=settings.shutdown_grace_s)
-    server.run()
-    return exit_code
+    return serve_one(settings, embedder_factory=_stand_in)
 
 
 # --- the photo server (a child process) -------------------------------------------------------------

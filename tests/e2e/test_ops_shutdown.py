@@ -12,22 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scripts.procs import app_server
-from tests.support.api import SECRET, call
-from tests.support.data import jpeg_bytes
+from tests.support.api import call
+from tests.support.data import TINY_APP_ENV, jpeg_bytes
 from tests.support.imageserver import ImageServer
 
 
 @contextmanager
 def app_process(log_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    settings = {
-        "EMBEDDING_HMAC_SECRET": SECRET,
-        "CLIP_MODEL": "clip-tiny",
-        "CLIP_PRETRAINED": "none",
-        "DEVICE": "cpu",
-        "ALLOW_PRIVATE_URLS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    with app_server(settings | env, log=log_path, timeout_s=90) as running:
+    with app_server(TINY_APP_ENV | env, log=log_path, timeout_s=90) as running:
         yield running
 
 

@@ -28,7 +28,7 @@ from clip_client.signing import new_nonce, signed_headers, text_payload_id
 from app.inference.cache import image_key, text_key
 from scripts.procs import PYTHONPATH, ROOT, app_server, free_port
 from tests.support.api import SECRET, call
-from tests.support.data import jpeg_bytes
+from tests.support.data import TINY_APP_ENV, jpeg_bytes
 from tests.support.imageserver import ImageServer
 from tests.support.logs import json_log
 from tests.support.metrics import delta, scrape, value
@@ -46,13 +46,7 @@ CLIENT_SECRET = "rate-client-secret-0123456789abcdef"
 # Bounds on the waits for something to happen; they only keep a broken run from hanging.
 WAIT_S = 60.0
 
-POD_ENV = {
-    "EMBEDDING_HMAC_SECRET": SECRET,
-    "CLIP_MODEL": "clip-tiny",
-    "CLIP_PRETRAINED": "none",
-    "DEVICE": "cpu",
-    "ALLOW_PRIVATE_URLS": "1",
-    "HF_HUB_OFFLINE": "1",
+POD_ENV = TINY_APP_ENV | {
     "WORKERS": "1",
     "CPU_WORKERS": "1",
     # Generous: on a loaded test machine a slow answer from a live store must not turn into a 503.

@@ -16,7 +16,7 @@ from clip_client.signing import signed_headers, text_payload_id
 
 from scripts.procs import app_server
 from tests.support.api import SECRET, call
-from tests.support.data import jpeg_bytes
+from tests.support.data import TINY_APP_ENV, jpeg_bytes
 from tests.support.imageserver import ImageServer
 from tests.support.logs import json_log
 from tests.support.redis import RedisServer, find_redis_server
@@ -37,13 +37,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @contextmanager
 def pod(log_path: Path, redis_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    settings = {
-        "EMBEDDING_HMAC_SECRET": SECRET,
-        "CLIP_MODEL": "clip-tiny",
-        "CLIP_PRETRAINED": "none",
-        "DEVICE": "cpu",
-        "ALLOW_PRIVATE_URLS": "1",
-        "HF_HUB_OFFLINE": "1",
+    settings = TINY_APP_ENV | {
         "WORKERS": "2",
         "STATE_URL": redis_url,
         "CPU_WORKERS": "1",

@@ -41,3 +41,14 @@ def tiny_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+# The environment of a `python -m app` child process on the tiny test model (add what a test changes).
+TINY_APP_ENV = {
+    "EMBEDDING_HMAC_SECRET": SECRET,
+    "CLIP_MODEL": "clip-tiny",
+    "CLIP_PRETRAINED": "none",
+    "DEVICE": "cpu",
+    "ALLOW_PRIVATE_URLS": "1",
+    "HF_HUB_OFFLINE": "1",
+}
