@@ -57,10 +57,14 @@ def create_app(
         state = open_shared_state(settings)
         verifier = make_verifier(settings, nonces=state.nonces if state is not None else None)
         services = Services.create(settings, verifier, pod, state)
-        cache = TieredCache(services.cache, state.cache) if state is not None else None
-        if cache is None and services.cache is not None:
-            cache = TieredCache(services.cache, None)
-        watcher = asyncio.create_task(watch_shared_state(services), name="shared-state") if state else None
+        shared_vectors = state.cache if state is not None else None
+        local_vectors = services.cache
+        cache = (
+            TieredCache(local_vectors, shared_vectors)
+            if local_vectors is not None or shared_vectors is not None
+            else None
+        )
+        tasks = [asyncio.create_task(watch_shared_state(services), name="shared-state")] if state else []
         if lifecycle is not None:
             lifecycle.services = services
         fetcher = make_fetcher(settings, lookup)
@@ -121,14 +125,13 @@ def create_app(
                 info.kernels,
             )
 
-        loader = asyncio.create_task(load(), name="model-loader")
+        tasks.append(asyncio.create_task(load(), name="model-loader"))
         try:
             yield {"services": services}
         finally:
-            for task in (loader, watcher):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (loader, watcher) if t is not None), return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if services.engine is not None:
                 await services.engine.stop()
             await fetcher.aclose()

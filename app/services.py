@@ -23,6 +23,13 @@ from app.state.ratelimit import RedisRateLimiter
 from app.state.shared import SharedState
 
 DRAINING_REASON = "draining: the server is shutting down"
+# The gauges of one process's load (with WORKERS > 1 the pod sums them: app.ops.pod.SUMMED_GAUGES).
+_LOAD_GAUGES = {
+    "clip_requests_in_flight": "/v1 requests being answered",
+    "clip_admitted_items": "Images and texts admitted and not yet answered",
+    "clip_admitted_items_limit": "MAX_QUEUED_ITEMS",
+    "clip_cache_entries": "Vectors held by the embedding cache",
+}
 
 
 class Status(StrEnum):
@@ -89,23 +96,32 @@ class Services:
         """Refuse new work from now on: /health and new /v1 requests answer 503."""
         self.status, self.reason = Status.DRAINING, DRAINING_REASON
 
+    def reported_status(self) -> str:
+        """Return the status /health reports for this process: `ok` only while it can serve."""
+        if self.ready() is not None:
+            return Status.OK.value
+        return self.status.value if self.status is not Status.OK else "unavailable"
+
     def notice(self, index: int) -> WorkerNotice:
         """Return what this worker publishes on the pod's notice board."""
-        ready = self.ready() is not None
-        status = Status.OK.value if ready else self.status.value if self.status is not Status.OK else "unavailable"
-        gauges = {
+        values, depths = self._load()
+        device = self.info.device if self.info is not None else self.settings.device
+        return WorkerNotice(os.getpid(), index, self.reported_status(), device, gauges=values, queue_depth=depths)
+
+    def _load(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Return this process's load gauges by metric name, and its queue depths by queue."""
+        values = {
             "clip_requests_in_flight": float(self.requests.count),
             "clip_admitted_items": float(self.admission.current),
             "clip_admitted_items_limit": float(self.admission.limit),
         }
         if self.cache is not None:
-            gauges["clip_cache_entries"] = float(len(self.cache))
-        gauges |= self._state_gauges()
+            values["clip_cache_entries"] = float(len(self.cache))
+        values |= self._state_gauges()
         depths = {}
         if self.engine is not None:
             depths = {q.name: float(q.depth) for q in (self.engine.images, self.engine.texts)}
-        device = self.info.device if self.info is not None else self.settings.device
-        return WorkerNotice(os.getpid(), index, status, device, gauges=gauges, queue_depth=depths)
+        return values, depths
 
     def model_gauges(self) -> Iterator[Metric]:
         """Yield this worker's model gauges (with WORKERS > 1 the rest come from the notice board)."""
@@ -127,14 +143,12 @@ class Services:
             "1 while /health answers 200 (model warm, engine alive, not draining)",
             1.0 if self.ready() is not None else 0.0,
         )
-        yield gauge("clip_requests_in_flight", "/v1 requests being answered", self.requests.count)
-        yield gauge("clip_admitted_items", "Images and texts admitted and not yet answered", self.admission.current)
-        yield gauge("clip_admitted_items_limit", "MAX_QUEUED_ITEMS", self.admission.limit)
-        if self.cache is not None:
-            yield gauge("clip_cache_entries", "Vectors held by the embedding cache", len(self.cache))
-        yield from _state_metrics(self._state_gauges())
+        values, depths = self._load()
+        for name, documentation in _LOAD_GAUGES.items():
+            if name in values:
+                yield gauge(name, documentation, values[name])
+        yield from _state_metrics(values)
         if self.engine is not None:
-            depths = {q.name: float(q.depth) for q in (self.engine.images, self.engine.texts)}
             yield labelled_gauge("clip_queue_depth", "Items waiting for a forward pass, by queue", "queue", depths)
         if self.load_seconds is not None:
             yield gauge("clip_model_load_seconds", "Seconds the model took to load and warm up", self.load_seconds)

@@ -21,7 +21,6 @@ from app.schemas import (
     ErrorResponse,
     HealthResponse,
 )
-from app.services import Status
 
 router = APIRouter()
 # The signed endpoints' bodies, listed in the OpenAPI document's components (app.api.body.with_request_schemas).
@@ -61,7 +60,7 @@ async def health(services: ServicesDep) -> Response:
         body["engine"] = services.engine.snapshot()
     ready = services.ready() is not None
     if not ready:
-        body["status"] = services.status.value if services.status is not Status.OK else "unavailable"
+        body["status"] = services.reported_status()
         body["reason"] = services.reason or "engine stopped"
     if services.state is not None:
         services.state_up = await services.state.ping()
