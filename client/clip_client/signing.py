@@ -5,7 +5,13 @@ signed with HMAC-SHA256 and sent as lowercase hex in ``X-Signature``. PAYLOAD_ID
 
 - ``/v1/embed/image``: the ``image_url`` exactly as sent;
 - ``/v1/embed/image-batch``: SHA-256 hex of the ``image_urls`` joined with ``\\n``;
-- ``/v1/embed/text``: SHA-256 hex of the UTF-8 text.
+- ``/v1/embed/text``: SHA-256 hex of the UTF-8 text;
+- ``/v1/embed/text-batch``: the digest list of the texts' UTF-8 bytes (below);
+- ``/v1/embed/image-upload``: the digest list of the image parts' bytes, in the order sent;
+- ``/v1/embeddings``: SHA-256 hex of the raw request body.
+
+The digest list of items is the SHA-256 hex of the items' own SHA-256 hex digests joined with ``\\n``:
+unambiguous whatever the items hold (newlines included), as every digest has the same length.
 
 The legacy serverless handler signs ``image_url|timestamp`` instead (:func:`legacy_message`).
 """
@@ -16,11 +22,14 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 IMAGE_PATH = "/v1/embed/image"
 BATCH_PATH = "/v1/embed/image-batch"
 TEXT_PATH = "/v1/embed/text"
+TEXT_BATCH_PATH = "/v1/embed/text-batch"
+UPLOAD_PATH = "/v1/embed/image-upload"
+EMBEDDINGS_PATH = "/v1/embeddings"
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -40,6 +49,25 @@ def batch_payload_id(image_urls: Sequence[str]) -> str:
 def text_payload_id(text: str) -> str:
     """Return the payload id of a text request: SHA-256 of the UTF-8 text."""
     return _sha256_hex(text.encode("utf-8"))
+
+
+def _digest_list(items: Iterable[bytes]) -> str:
+    return _sha256_hex("\n".join(_sha256_hex(item) for item in items).encode("ascii"))
+
+
+def text_batch_payload_id(texts: Sequence[str]) -> str:
+    """Return the payload id of a text batch: the digest list of the texts' UTF-8 bytes."""
+    return _digest_list(text.encode("utf-8") for text in texts)
+
+
+def upload_payload_id(parts: Sequence[bytes]) -> str:
+    """Return the payload id of an upload: the digest list of the image parts' bytes, in the order sent."""
+    return _digest_list(parts)
+
+
+def body_payload_id(body: bytes) -> str:
+    """Return the payload id of an OpenAI-style request: SHA-256 of the raw body."""
+    return _sha256_hex(body)
 
 
 def canonical_message(method: str, path: str, payload_id: str, timestamp: int | str, nonce: str | None = None) -> str:
