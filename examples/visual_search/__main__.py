@@ -15,6 +15,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,11 @@ async def run_index(args: argparse.Namespace, clip: ClipClient) -> int:
         root = (args.index / "frames").resolve()
         frames = sources.video_frames(source, root, args.every)
         items = list(tqdm(frames, desc="sampling frames", unit="frame"))
-    with serve_files(root or args.index, args.serve_bind, args.serve_port, args.public_url) as base_url:
+    # URL lists need no file server: the service fetches those URLs itself.
+    serving = (
+        nullcontext(None) if root is None else serve_files(root, args.serve_bind, args.serve_port, args.public_url)
+    )
+    with serving as base_url:
         outcome = await index_items(
             items, store, clip, base_url=base_url, root=root, chunk_size=args.chunk, limit=args.limit
         )
