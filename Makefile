@@ -9,10 +9,13 @@ DOCKER_BUILD_ARGS ?=
 
 .PHONY: install run test lint docs smoke bench docker-build lint-docker clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt constraints.txt client/pyproject.toml
+EXAMPLE_REQUIREMENTS := examples/visual_search/requirements.txt
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt $(EXAMPLE_REQUIREMENTS) constraints.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-handler.txt -c constraints.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-handler.txt \
+		-r $(EXAMPLE_REQUIREMENTS) -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e ./client
 	touch $(STAMP)
 
