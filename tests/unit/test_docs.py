@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted(
     p.relative_to(ROOT).as_posix()
     for p in [ROOT / "README.md", ROOT / "README.pod.md", ROOT / "DEPLOYMENT_CHECKLIST.md", ROOT / "bench/README.md"]
+    + [ROOT / "MIGRATION_SUMMARY.md", ROOT / "deploy/README.md", ROOT / "examples/visual_search/README.md"]
     + list((ROOT / "docs").glob("*.md"))
     if p.exists()
 )
