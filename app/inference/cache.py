@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -47,28 +48,31 @@ class EmbeddingCache:
 
 
 class SharedVectors(Protocol):
-    """A second level shared by processes (STATE_URL); it fails open: a miss, a no-op put."""
+    """A second level shared by processes (STATE_URL); it fails open: misses, a no-op put."""
 
-    async def get(self, key: str) -> np.ndarray | None:
-        """Return the vector stored under `key`, or None (absent, or the store is unreachable)."""
+    async def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+        """Return the vector stored under each key, or None (absent, or the store is unreachable)."""
         ...
 
-    async def put(self, key: str, vector: np.ndarray) -> None:
-        """Store `vector` under `key`, or do nothing when the store is unreachable."""
+    async def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Store every (key, vector), or do nothing when the store is unreachable."""
         ...
 
 
 class TieredCache:
     """The in-process LRU in front of a shared store; either level may be absent.
 
-    A hit in the shared store fills the local level. Writes to the shared store run in the background,
-    so that an answer never waits for them; `aclose` waits for the ones still running.
+    A hit in the shared store fills the local level. Reads of the shared store asked for in one turn of
+    the event loop go out together, as one call; so do writes, which run in the background so that an
+    answer never waits for them. `aclose` waits for the writes still running.
     """
 
     def __init__(self, local: EmbeddingCache | None, shared: SharedVectors | None) -> None:
         self.local = local
         self.shared = shared
-        self._writes: set[asyncio.Task[None]] = set()
+        self._reads: list[tuple[str, asyncio.Future[np.ndarray | None]]] = []
+        self._writes: list[tuple[str, np.ndarray]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def get_local(self, key: str) -> np.ndarray | None:
         """Return the vector held in this process (safe from any thread)."""
@@ -78,7 +82,11 @@ class TieredCache:
         """Return the shared store's vector for `key`, keeping a copy in this process."""
         if self.shared is None:
             return None
-        vector = await self.shared.get(key)
+        future: asyncio.Future[np.ndarray | None] = asyncio.get_running_loop().create_future()
+        self._reads.append((key, future))
+        if len(self._reads) == 1:
+            asyncio.get_running_loop().call_soon(self._start, self._read_batch)
+        vector = await future
         if vector is not None and self.local is not None:
             self.local.put(key, vector)
         return vector
@@ -93,11 +101,38 @@ class TieredCache:
         if self.local is not None:
             self.local.put(key, vector)
         if self.shared is not None:
-            task = asyncio.get_running_loop().create_task(self.shared.put(key, vector))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+            self._writes.append((key, vector))
+            if len(self._writes) == 1:
+                asyncio.get_running_loop().call_soon(self._start, self._write_batch)
+
+    def _start(self, batch: Callable[[], Coroutine[None, None, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(batch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_batch(self) -> None:
+        reads, self._reads = self._reads, []
+        assert self.shared is not None
+        try:
+            vectors = await self.shared.get_many([key for key, _ in reads])
+        except BaseException as exc:
+            # The store fails open inside get_many: only a bug or a cancellation lands here.
+            for _, future in reads:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        for (_, future), vector in zip(reads, vectors, strict=True):
+            if not future.done():  # its request may have been cancelled meanwhile
+                future.set_result(vector)
+
+    async def _write_batch(self) -> None:
+        writes, self._writes = self._writes, []
+        if writes and self.shared is not None:  # empty when aclose already took them
+            await self.shared.put_many(writes)
 
     async def aclose(self) -> None:
-        """Wait for the shared writes still running (each is bounded by the store's timeout)."""
+        """Wait for the shared reads and writes still running (each is bounded by the store's timeout)."""
         if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+            self._start(self._write_batch)  # its turn may not have come yet
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
