@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.batches import router as batches_router
 from app.api.body import with_request_schemas
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
 from app.api.observe import ObserveMiddleware
+from app.api.openai import router as openai_router
 from app.api.ops import router as ops_router
 from app.api.routes import SIGNED_BODIES, router
 from app.auth.verify import make_verifier
@@ -147,11 +149,16 @@ def create_app(
         title="CLIP embedding service",
         version="1.0.0",
         lifespan=lifespan,
-        description="Image and text embeddings from an open_clip model, with HMAC-signed requests.",
+        description=(
+            "Image and text embeddings from an open_clip model, with HMAC-signed requests; "
+            "/v1/embeddings is OpenAI-compatible and also takes API keys."
+        ),
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(router)
+    app.include_router(batches_router)
+    app.include_router(openai_router)
     app.include_router(ops_router)
     app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer
     with_request_schemas(app, SIGNED_BODIES)

@@ -1,13 +1,15 @@
 """End-to-end smoke check: `make smoke`.
 
 Starts a local image server and `python -m app` with ViT-B-32 (random weights), then checks /health,
-one signed image (512 floats, norm ≈ 1), a batch of 3 with a bad URL in the middle, and one text.
+one signed image (512 floats, norm ≈ 1), a batch of 3 with a bad URL in the middle, one text, a text
+batch, the same image inline (data URI) and uploaded, and /v1/embeddings with an API key.
 Exits non-zero on the first failure. The server's log goes to a file, named when a check fails (and
 removed when all pass), so that the PASS lines stay readable.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -23,12 +25,21 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from clip_client.signing import batch_payload_id, image_payload_id, signed_headers, text_payload_id
+from clip_client.signing import (
+    batch_payload_id,
+    image_payload_id,
+    signed_headers,
+    text_batch_payload_id,
+    text_payload_id,
+    upload_payload_id,
+)
 from PIL import Image
 
 from scripts.procs import NotUp, app_server
 
 SECRET = secrets.token_hex(32)
+API_KEY = secrets.token_hex(32)
+BOUNDARY = "smoke-boundary"
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -55,7 +66,24 @@ def _image_server() -> Iterator[str]:
 
 def _post(base: str, path: str, body: dict, payload_id: str) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"} | signed_headers(SECRET, "POST", path, payload_id)
-    req = urllib.request.Request(base + path, json.dumps(body).encode(), headers, method="POST")
+    return _send(base + path, json.dumps(body).encode(), headers)
+
+
+def _upload(base: str, images: list[bytes]) -> tuple[int, dict]:
+    path = "/v1/embed/image-upload"
+    body = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{i}.jpg"\r\n\r\n'.encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(images)
+    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    headers |= signed_headers(SECRET, "POST", path, upload_payload_id(images))
+    return _send(base + path, body + f"--{BOUNDARY}--\r\n".encode(), headers)
+
+
+def _send(url: str, data: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data, headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             return resp.status, json.loads(resp.read())
@@ -99,11 +127,44 @@ def _checks(base: str, img: str) -> None:
     text = "a photo of a cat"
     status, body = _post(base, "/v1/embed/text", {"text": text}, text_payload_id(text))
     _check("POST /v1/embed/text → 512 floats of norm 1", status == 200 and _unit_vector(body["embedding"]), status)
+    text_vector = body["embedding"]
+    _new_endpoint_checks(base, img, text, text_vector)
+
+
+def _close(a: list[float], b: list[float]) -> bool:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+
+
+def _new_endpoint_checks(base: str, img: str, text: str, text_vector: list[float]) -> None:
+    texts = [text, " "]
+    status, body = _post(base, "/v1/embed/text-batch", {"texts": texts}, text_batch_payload_id(texts))
+    codes = [r["error"]["code"] if r["error"] else None for r in body.get("results", [])]
+    ok = status == 200 and codes == [None, "invalid_request"] and _close(body["results"][0]["embedding"], text_vector)
+    _check("POST /v1/embed/text-batch → the text's vector, then a blank-text error", ok, codes)
+
+    with urllib.request.urlopen(f"{img}/img1.jpg", timeout=5) as resp:
+        photo = resp.read()
+    url = f"{img}/img1.jpg"
+    _, by_url = _post(base, "/v1/embed/image", {"image_url": url}, image_payload_id(url))
+    inline = "data:image/jpeg;base64," + base64.b64encode(photo).decode()
+    status, body = _post(base, "/v1/embed/image", {"image_url": inline}, image_payload_id(inline))
+    ok = status == 200 and _close(body["embedding"], by_url["embedding"])
+    _check("POST /v1/embed/image with a data URI → the URL's vector", ok, status)
+    status, body = _upload(base, [photo])
+    ok = status == 200 and body["succeeded"] == 1 and _close(body["results"][0]["embedding"], by_url["embedding"])
+    _check("POST /v1/embed/image-upload → the URL's vector", ok, status)
+
+    request = {"model": "ViT-B-32", "input": [text], "encoding_format": "float"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    status, body = _send(base + "/v1/embeddings", json.dumps(request).encode(), headers)
+    ok = status == 200 and _close(body["data"][0]["embedding"], text_vector) and body["usage"]["prompt_tokens"] == 7
+    _check("POST /v1/embeddings with an API key → the text's vector and its 7 tokens", ok, status)
 
 
 def main() -> int:
     env = {
         "EMBEDDING_HMAC_SECRET": SECRET,
+        "API_KEYS": API_KEY,
         "CLIP_MODEL": "ViT-B-32",
         "CLIP_PRETRAINED": "none",
         "ALLOW_PRIVATE_URLS": "1",

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from app.api.body import M, auth_headers, parse_body
 from app.api.observe import RequestRecord
+from app.auth.apikeys import bearer_token
 from app.auth.verify import AuthHeaders, Verified
 from app.errors import Unavailable
 from app.inference.model import ModelInfo
@@ -40,9 +41,16 @@ class EmbedCall:
     _pipeline: EmbeddingPipeline
     _verified: Verified | None = None
     _admitted: bool = False
+    _by_api_key: Verified | None = None
 
     def verify(self, payload_id: str) -> None:
-        """Raise Unauthorized unless the signature covers this payload (no store call yet)."""
+        """Raise Unauthorized unless the signature covers this payload (no store call yet).
+
+        A request that an API key let in (`/v1/embeddings`) has no signature to check: its key stands.
+        """
+        if self._by_api_key is not None:
+            self._verified = self._by_api_key
+            return
         # Sign over the path exactly as it arrived, not a normalised one.
         raw = self.request.scope.get("raw_path")
         path = raw.decode("latin-1") if raw else self.request.url.path
@@ -73,12 +81,32 @@ async def get_embed_call(request: Request) -> EmbedCall:
     # each parameter costs more than what it returns.
     services = cast(Services, request.state.services)
     headers = auth_headers(request)
+    if headers.signature is None and bearer_token(request.headers.get("authorization")) is not None:
+        services.verifier.refuse_api_key(headers.request_id)
     services.verifier.precheck(headers)
+    return _ready_call(services, request, headers)
+
+
+async def get_openai_call(request: Request) -> EmbedCall:
+    """As `get_embed_call`, but an `Authorization: Bearer` API key may stand for the signature (API_KEYS)."""
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        return await get_embed_call(request)
+    services = cast(Services, request.state.services)
+    headers = auth_headers(request)
+    by_key = services.verifier.check_api_key(token, headers.request_id)
+    return _ready_call(services, request, headers, by_key)
+
+
+def _ready_call(
+    services: Services, request: Request, headers: AuthHeaders, by_key: Verified | None = None
+) -> EmbedCall:
     ready = services.ready()
     if ready is None:
         raise Unavailable(f"service not ready: {services.reason or services.status.value}")
     record = cast(RequestRecord, request.state.record)
-    return EmbedCall(services, ready[1], record, request, headers, ready[0])
+    return EmbedCall(services, ready[1], record, request, headers, ready[0], _by_api_key=by_key)
 
 
 EmbedCallDep = Annotated[EmbedCall, Depends(get_embed_call)]
+OpenAICallDep = Annotated[EmbedCall, Depends(get_openai_call)]

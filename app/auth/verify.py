@@ -1,4 +1,5 @@
-"""Verify HMAC-signed requests, the service's scheme and the legacy job's (both defined in `clip_client.signing`).
+"""Verify HMAC-signed requests, the service's scheme and the legacy job's (both defined in `clip_client.signing`),
+and the API keys (`app.auth.apikeys`) that `/v1/embeddings` also takes.
 
 Every refusal looks the same to the caller; its reason goes to the log only, as one warning
 "auth refused: <reason>" carrying the request's id (`request_id`), never a secret or a signature.
@@ -17,6 +18,7 @@ from typing import NoReturn, Protocol
 
 from clip_client.signing import canonical_message, legacy_message, signature_matches
 
+from app.auth.apikeys import ApiKeys
 from app.errors import Overloaded, Unauthorized
 from app.settings import Settings
 from app.state.keys import signing_key_id
@@ -124,8 +126,10 @@ class RequestVerifier:
         require_nonce: bool,
         gate: Gate,
         clock: Callable[[], float] = time.time,
+        api_keys: Sequence[str] = (),
     ) -> None:
         self._secrets = [s.encode("utf-8") for s in secrets]
+        self._api_keys = ApiKeys(api_keys)
         # What rate limits and logs may name a key by: never the secret itself.
         self._key_ids = [signing_key_id(s) for s in secrets]
         self._max_skew_s = max_skew_s
@@ -141,6 +145,23 @@ class RequestVerifier:
         attempt = _Attempt(headers.request_id)
         self._check_timestamp(headers.timestamp, attempt)
         self._check_signature(headers.signature, attempt)
+
+    def check_api_key(self, token: str, request_id: str | None) -> Verified:
+        """Raise Unauthorized unless `token` is one of API_KEYS (`/v1/embeddings` only); return its id, to `admit`."""
+        if self.insecure:
+            return Verified(UNSIGNED, None, request_id)
+        key_id = self._api_keys.match(token)
+        if key_id is None:
+            reason = "unknown API key" if self._api_keys else "an API key was sent, but API_KEYS is not set"
+            _Attempt(request_id).refuse(f"Authorization: Bearer: {reason}")
+        return Verified(key_id, None, request_id)
+
+    def refuse_api_key(self, request_id: str | None) -> None:
+        """Refuse a bearer key sent without a signature to an endpoint that takes signed requests only."""
+        if not self.insecure:
+            _Attempt(request_id).refuse(
+                "Authorization: Bearer is accepted on /v1/embeddings only; this endpoint is signed"
+            )
 
     def check(self, method: str, path: str, payload_id: str, headers: AuthHeaders) -> Verified:
         """Raise Unauthorized unless the headers sign this request; return who signed it, to `admit` next.
@@ -231,7 +252,7 @@ class RequestVerifier:
 def make_verifier(
     settings: Settings, gate: Gate | None = None, clock: Callable[[], float] = time.time
 ) -> RequestVerifier:
-    """Build the verifier the auth settings describe: every EMBEDDING_HMAC_SECRET key, the skew window, the gate.
+    """Build the verifier the auth settings describe: every EMBEDDING_HMAC_SECRET key and API key, the skew window, the gate.
 
     Without a shared `gate`, nonces are remembered in this process.
     """
@@ -244,4 +265,5 @@ def make_verifier(
         require_nonce=settings.require_nonce,
         gate=gate if gate is not None else MemoryNonceStore(settings.nonce_cache_size),
         clock=clock,
+        api_keys=settings.api_key_list,
     )

@@ -10,7 +10,15 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
+from clip_client.signing import (
+    batch_payload_id,
+    body_payload_id,
+    image_payload_id,
+    new_nonce,
+    signed_headers,
+    text_batch_payload_id,
+    text_payload_id,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -33,6 +41,9 @@ PAYLOAD_ID = {
     "/v1/embed/image": lambda b: image_payload_id(b["image_url"]),
     "/v1/embed/image-batch": lambda b: batch_payload_id(b["image_urls"]),
     "/v1/embed/text": lambda b: text_payload_id(b["text"]),
+    "/v1/embed/text-batch": lambda b: text_batch_payload_id(b["texts"]),
+    # Signed over the raw body: right whenever the drawn body is the JSON one (not raw bytes).
+    "/v1/embeddings": lambda b: body_payload_id(json.dumps(b).encode()),
 }
 HOSTS = [
     "127.0.0.1",
