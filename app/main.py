@@ -55,7 +55,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         state = open_shared_state(settings)
-        verifier = make_verifier(settings, nonces=state.nonces if state is not None else None)
+        verifier = make_verifier(settings, gate=state.gate if state is not None else None)
         services = Services.create(settings, verifier, pod, state)
         shared_vectors = state.cache if state is not None else None
         local_vectors = services.cache

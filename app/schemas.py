@@ -10,14 +10,21 @@ class _Strict(BaseModel):
 
 
 class EmbedImageRequest(_Strict):
-    image_url: str = Field(min_length=1, max_length=8192, examples=["https://example.com/cat.jpg"])
+    # No max_length: a data URI carries the image itself; MAX_REQUEST_BYTES bounds it, and an http(s)
+    # URL is refused past 2048 characters (app.fetch.download).
+    image_url: str = Field(
+        min_length=1,
+        description="An http(s) URL, or an inline `data:image/<jpeg|png|webp|gif>;base64,…` URI",
+        examples=["https://example.com/cat.jpg"],
+    )
 
 
 class EmbedImageBatchRequest(_Strict):
     # The upper bound is MAX_BATCH_SIZE, checked by the route so that every list too long gets one message
     # naming it; MAX_REQUEST_BYTES bounds what is parsed.
     image_urls: list[str] = Field(
-        min_length=1, description="1 to MAX_BATCH_SIZE URLs (`max_batch_size` in GET /health)"
+        min_length=1,
+        description="1 to MAX_BATCH_SIZE http(s) URLs or data URIs (`max_batch_size` in GET /health)",
     )
 
 

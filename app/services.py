@@ -19,7 +19,6 @@ from app.ops.metrics import Metrics, gauge, labelled_gauge
 from app.ops.pod import STATE_FAILURES_HELP, STATE_UP_HELP, PodBoard, WorkerNotice
 from app.pipeline import EmbeddingPipeline
 from app.settings import Settings
-from app.state.ratelimit import RedisRateLimiter
 from app.state.shared import SharedState
 
 DRAINING_REASON = "draining: the server is shutting down"
@@ -74,11 +73,6 @@ class Services:
         services = cls(settings, verifier, metrics=metrics, admission=admission, cache=cache, pod=pod, state=state)
         services.metrics.add_gauges(services.model_gauges if pod is not None else services.gauges)
         return services
-
-    @property
-    def rate_limiter(self) -> RedisRateLimiter | None:
-        """Return the shared rate limiter, when RATE_LIMIT_ITEMS_PER_S is set."""
-        return self.state.rate_limiter if self.state is not None else None
 
     def ready(self) -> tuple[EmbeddingPipeline, ModelInfo] | None:
         """Return the pipeline and model info when requests can be served."""

@@ -30,10 +30,21 @@ class Settings(BaseSettings):
         None,
         description=(
             "The shared secret that signs `/v1` requests (HMAC-SHA256, see docs/api.md). Required unless "
-            "`ALLOW_INSECURE_AUTH=1`. Several comma-separated secrets are all accepted, for key rotation "
+            "`API_KEYS` or `ALLOW_INSECURE_AUTH=1` is set (with only `API_KEYS`, only `/v1/embeddings` can be "
+            "called). Several comma-separated secrets are all accepted, for key rotation "
             "(docs/security.md). Use at least "
             f"{GOOD_SECRET_CHARS} random characters (`openssl rand -hex 32`): a shorter key is accepted, with a "
             "warning at start-up. Never logged."
+        ),
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "API keys accepted as `Authorization: Bearer <key>` on `/v1/embeddings` only (the endpoint of "
+            "OpenAI's SDKs, which cannot sign a body); the other endpoints take signed requests only. "
+            "Comma-separated, all accepted, for rotation as `EMBEDDING_HMAC_SECRET`; compared in constant "
+            f"time; never logged. Use at least {GOOD_SECRET_CHARS} random characters. Each key has its own "
+            "rate limit (`RATE_LIMIT_ITEMS_PER_S`)."
         ),
     )
     allow_insecure_auth: bool = Field(
@@ -77,7 +88,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1024,
         description=(
-            "Most image URLs in one `/v1/embed/image-batch` request; more is refused with 422 "
+            "Most items in one request: image URLs of `/v1/embed/image-batch`, texts of `/v1/embed/text-batch`, "
+            "image parts of `/v1/embed/image-upload`, inputs of `/v1/embeddings`; more is refused with 422 "
             "`invalid_request`. The client library reads it from `/health` and splits longer lists."
         ),
     )
@@ -85,8 +97,9 @@ class Settings(BaseSettings):
         10 * 1024 * 1024,
         ge=1024,
         description=(
-            "Bytes: most downloaded for one image, counted while streaming (after gzip/deflate "
-            "decompression, whatever `Content-Length` says); more is 413 `image_too_large`."
+            "Bytes: most of one image, downloaded (counted while streaming, after gzip/deflate decompression, "
+            "whatever `Content-Length` says), inline (a data URI's decoded bytes) or uploaded (one part); more "
+            "is 413 `image_too_large`."
         ),
     )
     image_download_timeout_s: float = Field(
@@ -138,16 +151,27 @@ class Settings(BaseSettings):
         10_000,
         ge=1,
         description=(
-            "Characters: longest text `/v1/embed/text` accepts; longer is 422 `invalid_request`. Text beyond "
+            "Characters: longest text `/v1/embed/text` accepts (and each text of a batch or of "
+            "`/v1/embeddings`); longer is 422 `invalid_request`. Text beyond "
             "the model's context (77 tokens) is truncated by the tokenizer, so this bounds work, not meaning."
         ),
     )
     max_request_bytes: int = Field(
-        1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024,
         description=(
             "Bytes: largest request body, declared by `Content-Length` or streamed chunked; larger is refused "
-            "with 413 `request_too_large` before parsing."
+            "with 413 `request_too_large` before parsing. The default fits a full batch of ordinary photos "
+            "sent inline (base64 adds a third) or uploaded; a body is held in memory while it is answered, "
+            "so this times the requests in flight bounds that memory (docs/security.md#requests)."
+        ),
+    )
+    embeddings_model_alias: str | None = Field(
+        None,
+        description=(
+            "Another name `/v1/embeddings` accepts in its `model` field, besides the served open_clip name "
+            "(`CLIP_MODEL`), e.g. `clip` so that callers need not change when the model does. Answers name "
+            "the model as the caller did."
         ),
     )
 
@@ -354,6 +378,16 @@ class Settings(BaseSettings):
         # Several comma-separated secrets rotate keys; only blanks (or only commas) mean "not set".
         return None if isinstance(value, str) and not value.replace(",", "").strip() else value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _blank_keys_are_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.replace(",", "").strip() else value
+
+    @field_validator("embeddings_model_alias", mode="before")
+    @classmethod
+    def _blank_alias_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("host", mode="before")
     @classmethod
     def _blank_host_is_none(cls, value: object) -> object:
@@ -402,10 +436,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _auth_is_configured(self) -> Settings:
-        if self.embedding_hmac_secret is None and not self.allow_insecure_auth:
+        if self.embedding_hmac_secret is None and self.api_keys is None and not self.allow_insecure_auth:
             raise ValueError(
                 "EMBEDDING_HMAC_SECRET is not set: set it to a long random string "
-                "(e.g. `openssl rand -hex 32`), or set ALLOW_INSECURE_AUTH=1 for local development only"
+                "(e.g. `openssl rand -hex 32`), and/or API_KEYS for /v1/embeddings, or set ALLOW_INSECURE_AUTH=1 "
+                "for local development only"
             )
         return self
 
@@ -444,6 +479,13 @@ class Settings(BaseSettings):
         return tuple(k.strip() for k in self.embedding_hmac_secret.get_secret_value().split(",") if k.strip())
 
     @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """Return the accepted API keys: API_KEYS split at commas, blanks dropped."""
+        if self.api_keys is None:
+            return ()
+        return tuple(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+
+    @property
     def dev_flags(self) -> tuple[str, ...]:
         """Return the development flags that are set: ALLOW_INSECURE_AUTH, ALLOW_PRIVATE_URLS."""
         flags = {"ALLOW_INSECURE_AUTH": self.allow_insecure_auth, "ALLOW_PRIVATE_URLS": self.allow_private_urls}
@@ -477,15 +519,17 @@ class Settings(BaseSettings):
                 f"DEVELOPMENT MODE ON AN OPEN ADDRESS: HOST={self.host} with {settings}: anyone who can reach "
                 f"this address {risk}. Unset HOST to listen on {LOOPBACK_HOST} only, or unset the flags"
             )
-        keys = self.hmac_keys
-        for position, key in enumerate(keys, start=1):
-            if len(key) < GOOD_SECRET_CHARS:
-                length = f"{len(key)} character{'s' if len(key) != 1 else ''}"
-                warnings.append(
-                    f"EMBEDDING_HMAC_SECRET key {position} of {len(keys)} is {length}: a short secret can be "
-                    f"guessed offline from one signed request; use at least {GOOD_SECRET_CHARS} random "
-                    "characters, e.g. `openssl rand -hex 32`"
-                )
+        for name, keys, risk in (
+            ("EMBEDDING_HMAC_SECRET", self.hmac_keys, "guessed offline from one signed request"),
+            ("API_KEYS", self.api_key_list, "guessed"),
+        ):
+            for position, key in enumerate(keys, start=1):
+                if len(key) < GOOD_SECRET_CHARS:
+                    length = f"{len(key)} character{'s' if len(key) != 1 else ''}"
+                    warnings.append(
+                        f"{name} key {position} of {len(keys)} is {length}: a short secret can be {risk}; use "
+                        f"at least {GOOD_SECRET_CHARS} random characters, e.g. `openssl rand -hex 32`"
+                    )
         return warnings
 
     def resolved_engine_max_batch(self, device: str) -> int:

@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 
 from app.api.body import M, auth_headers, parse_body
 from app.api.observe import RequestRecord
-from app.auth.verify import UNSIGNED, AuthHeaders, RequestVerifier
+from app.auth.verify import AuthHeaders, Verified
 from app.errors import Unavailable
 from app.inference.model import ModelInfo
 from app.pipeline import EmbeddingPipeline
@@ -27,39 +27,40 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-class Signed:
-    """The request's signature headers plus what is needed to check them against the payload."""
-
-    def __init__(self, verifier: RequestVerifier, request: Request, headers: AuthHeaders) -> None:
-        self._verifier = verifier
-        self._method = request.method
-        # Sign over the path exactly as it arrived, not a normalised one.
-        raw = request.scope.get("raw_path")
-        self._path = raw.decode("latin-1") if raw else request.url.path
-        self._headers = headers
-        self.key_id = UNSIGNED
-
-    async def verify(self, payload_id: str) -> None:
-        """Raise Unauthorized unless the signature covers this payload; note which key signed it."""
-        self.key_id = await self._verifier.verify(self._method, self._path, payload_id, self._headers)
-
-
 @dataclass(slots=True)
 class EmbedCall:
-    """What an embedding endpoint works with: services, the ready pipeline, the signature, the log record."""
+    """What an embedding endpoint works with: services, the model's info, the log record, and the pipeline
+    once the request is verified (`verify`) and admitted (`admit`)."""
 
     services: Services
-    pipeline: EmbeddingPipeline
     info: ModelInfo
-    signed: Signed
     record: RequestRecord
     request: Request
+    headers: AuthHeaders
+    _pipeline: EmbeddingPipeline
+    _verified: Verified | None = None
+    _admitted: bool = False
 
-    async def charge(self, items: int) -> None:
-        """Spend `items` of the signing key's rate limit: 429 rate_limited when it is spent (RATE_LIMIT_ITEMS_PER_S)."""
-        limiter = self.services.rate_limiter
-        if limiter is not None:
-            await limiter.acquire(self.signed.key_id, items)
+    def verify(self, payload_id: str) -> None:
+        """Raise Unauthorized unless the signature covers this payload (no store call yet)."""
+        # Sign over the path exactly as it arrived, not a normalised one.
+        raw = self.request.scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else self.request.url.path
+        self._verified = self.services.verifier.check(self.request.method, path, payload_id, self.headers)
+
+    async def admit(self, items: int) -> None:
+        """Refuse a replayed nonce (401) and spend `items` of the key's rate limit (429 when spent), in one store call."""
+        if self._verified is None:
+            raise RuntimeError("admit() before verify(): the signature was never checked")
+        await self.services.verifier.admit(self._verified, items)
+        self._admitted = True
+
+    @property
+    def pipeline(self) -> EmbeddingPipeline:
+        """Return the pipeline; only an admitted request reaches it."""
+        if not self._admitted:
+            raise RuntimeError("the pipeline was reached before verify() and admit()")
+        return self._pipeline
 
     async def body(self, model: type[M]) -> M:
         """Return the request's JSON body validated as `model` (422 through RequestValidationError)."""
@@ -77,7 +78,7 @@ async def get_embed_call(request: Request) -> EmbedCall:
     if ready is None:
         raise Unavailable(f"service not ready: {services.reason or services.status.value}")
     record = cast(RequestRecord, request.state.record)
-    return EmbedCall(services, ready[0], ready[1], Signed(services.verifier, request, headers), record, request)
+    return EmbedCall(services, ready[1], record, request, headers, ready[0])
 
 
 EmbedCallDep = Annotated[EmbedCall, Depends(get_embed_call)]

@@ -90,8 +90,8 @@ async def health(services: ServicesDep) -> Response:
 async def embed_image(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageRequest)
     call.record.items = 1
-    await call.signed.verify(image_payload_id(body.image_url))
-    await call.charge(1)
+    call.verify(image_payload_id(body.image_url))
+    await call.admit(1)
     vector = await call.pipeline.embed_image(body.image_url)
     return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
 
@@ -105,13 +105,13 @@ async def embed_image(call: EmbedCallDep) -> Response:
 async def embed_image_batch(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageBatchRequest)
     call.record.items = len(body.image_urls)
-    await call.signed.verify(batch_payload_id(body.image_urls))
+    call.verify(batch_payload_id(body.image_urls))
     limit = call.services.settings.max_batch_size
     if len(body.image_urls) > limit:
         raise InvalidRequest(
             f"image_urls holds {len(body.image_urls)} URLs; at most MAX_BATCH_SIZE={limit} are accepted per request"
         )
-    await call.charge(len(body.image_urls))
+    await call.admit(len(body.image_urls))
     info = call.info
     outcomes = await call.pipeline.embed_images(body.image_urls)
     results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
@@ -142,8 +142,8 @@ def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, obj
 async def embed_text(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedTextRequest)
     call.record.items = 1
-    await call.signed.verify(text_payload_id(body.text))
-    await call.charge(1)
+    call.verify(text_payload_id(body.text))
+    await call.admit(1)
     limit = call.services.settings.max_text_chars
     if len(body.text) > limit:
         raise InvalidRequest(f"text is {len(body.text)} characters; at most {limit} are accepted")

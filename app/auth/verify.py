@@ -60,12 +60,24 @@ class _Attempt:
         raise Unauthorized(self.message)
 
 
-class NonceStore(Protocol):
-    """Remembers nonces: in this process, or shared by every process (app.state, STATE_URL)."""
+class Gate(Protocol):
+    """Remember nonces and spend rate limits, in this process or in a store every process shares (app.state.gate)."""
 
-    async def remember(self, nonce: str, ttl_s: float) -> bool:
-        """Store `nonce` for `ttl_s`; return False when it was already there."""
+    async def admit(self, nonce: str | None, nonce_ttl_s: float, key_id: str, items: int) -> bool:
+        """Return False for a nonce already seen; else spend `items` of `key_id`'s budget and remember the nonce.
+
+        Raise RateLimited when the budget is spent.
+        """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A request whose signature checked out, not yet admitted: its nonce and the id of the key that signed it."""
+
+    key_id: str
+    nonce: str | None
+    request_id: str | None = None
 
 
 class MemoryNonceStore:
@@ -95,6 +107,10 @@ class MemoryNonceStore:
             self._seen[nonce] = now + ttl_s
             return True
 
+    async def admit(self, nonce: str | None, nonce_ttl_s: float, key_id: str, items: int) -> bool:
+        """Remember `nonce` (a process has no rate limit of its own: that needs STATE_URL)."""
+        return True if nonce is None else await self.remember(nonce, nonce_ttl_s)
+
 
 class RequestVerifier:
     """Check a request's signature against one or more secrets (key rotation)."""
@@ -106,7 +122,7 @@ class RequestVerifier:
         max_skew_s: int,
         insecure: bool,
         require_nonce: bool,
-        nonces: NonceStore,
+        gate: Gate,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secrets = [s.encode("utf-8") for s in secrets]
@@ -115,7 +131,7 @@ class RequestVerifier:
         self._max_skew_s = max_skew_s
         self.insecure = insecure
         self._require_nonce = require_nonce
-        self._nonces = nonces
+        self._gate = gate
         self._clock = clock
 
     def precheck(self, headers: AuthHeaders) -> None:
@@ -126,13 +142,13 @@ class RequestVerifier:
         self._check_timestamp(headers.timestamp, attempt)
         self._check_signature(headers.signature, attempt)
 
-    async def verify(self, method: str, path: str, payload_id: str, headers: AuthHeaders) -> str:
-        """Raise Unauthorized unless the headers sign this request; remember its nonce; return the key's id.
+    def check(self, method: str, path: str, payload_id: str, headers: AuthHeaders) -> Verified:
+        """Raise Unauthorized unless the headers sign this request; return who signed it, to `admit` next.
 
-        The id is `UNSIGNED` when ALLOW_INSECURE_AUTH=1.
+        The key id is `UNSIGNED` when ALLOW_INSECURE_AUTH=1.
         """
         if self.insecure:
-            return UNSIGNED
+            return Verified(UNSIGNED, None, headers.request_id)
         attempt = _Attempt(headers.request_id)
         ts = self._check_timestamp(headers.timestamp, attempt)
         signature = self._check_signature(headers.signature, attempt)
@@ -146,9 +162,20 @@ class RequestVerifier:
             attempt.refuse(
                 f"bad signature for {method} {path!r}: {_NO_KEY_SIGNS} (method, path, body, timestamp, nonce)"
             )
-        if nonce is not None and not await self._nonces.remember(nonce, 2 * self._max_skew_s):
-            attempt.refuse("reused X-Nonce: a request with this nonce was already accepted (a replay?)")
-        return self._key_ids[key]
+        return Verified(self._key_ids[key], nonce, headers.request_id)
+
+    async def admit(self, verified: Verified, items: int) -> None:
+        """Refuse a replayed nonce (Unauthorized), spend `items` of the key's rate limit, remember the nonce."""
+        if not await self._gate.admit(verified.nonce, 2 * self._max_skew_s, verified.key_id, items):
+            _Attempt(verified.request_id).refuse(
+                "reused X-Nonce: a request with this nonce was already accepted (a replay?)"
+            )
+
+    async def verify(self, method: str, path: str, payload_id: str, headers: AuthHeaders, items: int = 0) -> str:
+        """Check the signature, then admit the request; return the signing key's id."""
+        verified = self.check(method, path, payload_id, headers)
+        await self.admit(verified, items)
+        return verified.key_id
 
     def verify_legacy(
         self, image_url: str, timestamp: object, signature: object, request_id: str | None = None
@@ -202,9 +229,12 @@ class RequestVerifier:
 
 
 def make_verifier(
-    settings: Settings, nonces: NonceStore | None = None, clock: Callable[[], float] = time.time
+    settings: Settings, gate: Gate | None = None, clock: Callable[[], float] = time.time
 ) -> RequestVerifier:
-    """Build the verifier the auth settings describe: every EMBEDDING_HMAC_SECRET key, the skew window, nonces."""
+    """Build the verifier the auth settings describe: every EMBEDDING_HMAC_SECRET key, the skew window, the gate.
+
+    Without a shared `gate`, nonces are remembered in this process.
+    """
     if settings.allow_insecure_auth:
         log.warning("ALLOW_INSECURE_AUTH=1: requests are NOT authenticated (development only)")
     return RequestVerifier(
@@ -212,6 +242,6 @@ def make_verifier(
         max_skew_s=settings.auth_max_skew_s,
         insecure=settings.allow_insecure_auth,
         require_nonce=settings.require_nonce,
-        nonces=nonces if nonces is not None else MemoryNonceStore(settings.nonce_cache_size),
+        gate=gate if gate is not None else MemoryNonceStore(settings.nonce_cache_size),
         clock=clock,
     )

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from app.state.cache import RedisEmbeddingCache
 from app.state.errors import StoreUnavailable
+from app.state.gate import RedisGate, Verdict
 from app.state.keys import signing_key_id
-from app.state.nonces import RedisNonceStore
-from app.state.ratelimit import RateDecision, RedisRateLimiter
 from app.state.shared import SharedState
 
 __all__ = [
-    "RateDecision",
     "RedisEmbeddingCache",
-    "RedisNonceStore",
-    "RedisRateLimiter",
+    "RedisGate",
     "SharedState",
     "StoreUnavailable",
+    "Verdict",
     "signing_key_id",
 ]

@@ -14,9 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.settings import Settings
 from app.state.cache import RedisEmbeddingCache
 from app.state.errors import STORE_ERRORS
+from app.state.gate import RedisGate
 from app.state.keys import DEFAULT_PREFIX
-from app.state.nonces import RedisNonceStore
-from app.state.ratelimit import RedisRateLimiter
 
 log = logging.getLogger("app.state")
 
@@ -43,9 +42,9 @@ def connect(url: str, *, timeout_s: float, max_connections: int) -> Redis:
 
 
 class SharedState:
-    """One pool to `url` (and one to `cache_url` when the cache lives elsewhere) and the three pieces on it.
+    """One pool to `url` (and one to `cache_url` when the cache lives elsewhere) and the pieces on it.
 
-    `rate_limiter` is None when no rate is set. Build it with `from_url`; close it with `aclose`.
+    `gate` checks nonces and, when a rate is set, rate limits. Build it with `from_url`; close it with `aclose`.
     """
 
     def __init__(
@@ -62,16 +61,10 @@ class SharedState:
     ) -> None:
         self._client = client
         self._cache_client = cache_client
-        self.nonces = RedisNonceStore(client, timeout_s=timeout_s, prefix=prefix)
+        self.gate = RedisGate(client, rate=rate_items_per_s, burst=rate_burst, timeout_s=timeout_s, prefix=prefix)
         self.cache = RedisEmbeddingCache(
             cache_client or client, model_id=model_id, ttl_s=cache_ttl_s, timeout_s=timeout_s, prefix=prefix
         )
-        self.rate_limiter: RedisRateLimiter | None = None
-        if rate_items_per_s is not None:
-            burst = rate_burst if rate_burst is not None else max(1, round(rate_items_per_s))
-            self.rate_limiter = RedisRateLimiter(
-                client, rate=rate_items_per_s, burst=burst, timeout_s=timeout_s, prefix=prefix
-            )
         self._timeout_s = timeout_s
 
     @classmethod
@@ -124,10 +117,7 @@ class SharedState:
 
     def failure_counts(self) -> dict[str, int]:
         """Return how many calls to the store have failed, by piece (for /metrics)."""
-        counts = {"nonces": self.nonces.failures.count, "cache": self.cache.failures.count}
-        if self.rate_limiter is not None:
-            counts["rate_limit"] = self.rate_limiter.failures.count
-        return counts
+        return {"gate": self.gate.failures.count, "cache": self.cache.failures.count}
 
     async def aclose(self) -> None:
         """Close every connection of the pools."""

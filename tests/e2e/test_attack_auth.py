@@ -43,7 +43,7 @@ def verifier(
         max_skew_s=SKEW,
         insecure=False,
         require_nonce=require_nonce,
-        nonces=store if store is not None else MemoryNonceStore(1000, clock=Clock(0)),
+        gate=store if store is not None else MemoryNonceStore(1000, clock=Clock(0)),
         clock=Clock(NOW),
     )
 
@@ -239,7 +239,7 @@ def test_settings_secret_of_only_commas_is_not_set(value):
 
 
 def test_verifier_insecure_mode_accepts_anything():
-    v = RequestVerifier([], max_skew_s=SKEW, insecure=True, require_nonce=True, nonces=MemoryNonceStore(1))
+    v = RequestVerifier([], max_skew_s=SKEW, insecure=True, require_nonce=True, gate=MemoryNonceStore(1))
     verify(v, AuthHeaders(None, "garbage", "bad nonce"))
 
 

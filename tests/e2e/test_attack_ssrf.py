@@ -7,6 +7,7 @@ injected `FakeDns`; a `victim` server listens on a refused address and must neve
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -293,7 +294,6 @@ async def test_fetch_refuses_odd_ipv4_spelling(host, allow_private):
         "file://localhost/etc/passwd",
         "gopher://127.0.0.1:70/_GET%20/",
         "ftp://cdn.test/photo.jpg",
-        "data:image/png;base64,iVBORw0KGgo=",
         "javascript:alert(1)",
         "dict://127.0.0.1:11211/stats",
         "ws://cdn.test/socket",
@@ -306,6 +306,13 @@ async def test_fetch_refuses_scheme(url):
         with pytest.raises(InvalidUrl) as err:
             await fetcher.fetch(url)
     assert err.value.message == "only http and https URLs are accepted"
+    assert dns.lookups == []
+
+
+async def test_fetch_takes_a_data_uri_inline_without_a_lookup():
+    dns = FakeDns({PUBLIC_HOST: [PUBLIC_V4]})
+    async with guarded_fetcher(dns) as fetcher:
+        assert await fetcher.fetch("data:image/jpeg;base64," + base64.b64encode(PHOTO).decode()) == PHOTO
     assert dns.lookups == []
 
 

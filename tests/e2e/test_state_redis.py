@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from app.errors import InvalidRequest, RateLimited
 from app.inference.cache import image_key, text_key
-from app.state import SharedState, StoreUnavailable, signing_key_id
-from app.state.nonces import REMEMBER_SCRIPT
+from app.state import SharedState, StoreUnavailable, Verdict, signing_key_id
+from app.state.gate import GATE_SCRIPT
 from tests.support.redis import RedisServer, find_redis_server
 
 NONCE = "n0nce-0123456789abcdef"
@@ -68,9 +68,14 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-def limiter(shared: SharedState):
-    assert shared.rate_limiter is not None
-    return shared.rate_limiter
+async def remember(shared: SharedState, nonce: str) -> bool:
+    """Admit a request that carries `nonce` and costs nothing: only its nonce is checked."""
+    return (await shared.gate.check(nonce, 600, signing_key_id(SECRET), 0)).admitted
+
+
+async def take(shared: SharedState, key_id: str, items: int, nonce: str | None = None) -> Verdict:
+    """Admit a request of `items` signed by `key_id`."""
+    return await shared.gate.check(nonce, 600, key_id, items)
 
 
 async def test_state_ping_says_the_store_answers(state: SharedState):
@@ -78,33 +83,36 @@ async def test_state_ping_says_the_store_answers(state: SharedState):
 
 
 async def test_state_nonce_refused_the_second_time(state: SharedState):
-    assert await state.nonces.remember(NONCE, 600) is True
-    assert await state.nonces.remember(NONCE, 600) is False
-    assert await state.nonces.remember(NONCE[::-1], 600) is True
+    assert await remember(state, NONCE) is True
+    assert await remember(state, NONCE) is False
+    assert await remember(state, NONCE[::-1]) is True
 
 
 async def test_state_nonce_refused_through_a_second_client(state: SharedState, other: SharedState):
-    assert await state.nonces.remember(NONCE, 600) is True
-    assert await other.nonces.remember(NONCE, 600) is False
+    assert await remember(state, NONCE) is True
+    assert await remember(other, NONCE) is False
 
 
 async def test_state_nonce_key_is_namespaced_and_expires_after_its_ttl(state: SharedState, raw: Redis):
-    await state.nonces.remember(NONCE, 600)
+    await remember(state, NONCE)
     assert await raw.keys("*") == [f"clip:nonce:{NONCE}".encode()]
     assert len(await raw.get(f"clip:nonce:{NONCE}")) == 16  # a random token of the call, nothing else
     assert 0 < await raw.pttl(f"clip:nonce:{NONCE}") <= 600_000
 
 
 async def test_state_nonce_concurrent_remember_admits_exactly_one(state: SharedState, other: SharedState):
-    results = await asyncio.gather(*(s.nonces.remember(NONCE, 600) for s in (state, other) * 8))
+    results = await asyncio.gather(*(remember(s, NONCE) for s in (state, other) * 8))
     assert sorted(results) == [False] * 15 + [True]
 
 
 async def test_state_nonce_retry_of_the_same_call_is_not_a_replay(raw: Redis):
     # What a retry after a broken connection sends again: the same token, which finds its own write.
-    remember = raw.register_script(REMEMBER_SCRIPT)
+    gate = raw.register_script(GATE_SCRIPT)
     key = f"clip:nonce:{NONCE}"
-    assert [await remember(keys=[key], args=[token, 600_000]) for token in ("call-1", "call-1", "call-2")] == [1, 1, 0]
+    verdicts = [
+        await gate(keys=[key], args=["1", token, 600_000, "0", 0, 0, 0]) for token in ("call-1", "call-1", "call-2")
+    ]
+    assert [v[0] for v in verdicts] == [1, 1, 0]
 
 
 async def test_state_cache_entry_written_by_one_client_is_read_by_another_bit_for_bit(
@@ -150,49 +158,49 @@ async def test_state_cache_value_that_is_not_float32s_is_a_miss(state: SharedSta
 
 async def test_state_ratelimit_allows_a_burst_then_refuses_with_retry_after(state: SharedState):
     key_id = signing_key_id(SECRET)
-    first = await limiter(state).take(key_id, 3)
-    second = await limiter(state).take(key_id, 2)
-    refused = await limiter(state).take(key_id, 3)
-    assert (first.allowed, first.remaining, first.retry_after_s) == (True, 2, 0)
-    assert (second.allowed, second.remaining) == (True, 0)
-    assert refused.allowed is False and refused.remaining == 0
+    first = await take(state, key_id, 3)
+    second = await take(state, key_id, 2)
+    refused = await take(state, key_id, 3)
+    assert (first.admitted, first.remaining, first.retry_after_s) == (True, 2, 0)
+    assert (second.admitted, second.remaining) == (True, 0)
+    assert refused.admitted is False and refused.remaining == 0
     # Three items come back one per 1/RATE = 100 s; a little of the first 100 s has passed already.
     assert 200 < refused.retry_after_s <= 300
 
 
 async def test_state_ratelimit_acquire_raises_rate_limited_with_retry_after(state: SharedState):
     key_id = signing_key_id(SECRET)
-    await limiter(state).acquire(key_id, BURST)
+    await state.gate.admit(None, 0, key_id, BURST)
     with pytest.raises(RateLimited) as caught:
-        await limiter(state).acquire(key_id, 1)
+        await state.gate.admit(None, 0, key_id, 1)
     assert caught.value.code == "rate_limited"
     assert 0 < caught.value.retry_after_s <= 100
 
 
 async def test_state_ratelimit_two_clients_share_one_budget(state: SharedState, other: SharedState):
     key_id = signing_key_id(SECRET)
-    decisions = [await limiter(s).take(key_id, 1) for s in (state, other) * BURST]
-    assert [d.allowed for d in decisions] == [True] * BURST + [False] * BURST
+    decisions = [await take(s, key_id, 1) for s in (state, other) * BURST]
+    assert [d.admitted for d in decisions] == [True] * BURST + [False] * BURST
 
 
 async def test_state_ratelimit_concurrent_clients_never_exceed_the_burst(state: SharedState, other: SharedState):
     key_id = signing_key_id(SECRET)
-    decisions = await asyncio.gather(*(limiter(s).take(key_id, 1) for s in (state, other) * 10))
-    assert sum(d.allowed for d in decisions) == BURST
+    decisions = await asyncio.gather(*(take(s, key_id, 1) for s in (state, other) * 10))
+    assert sum(d.admitted for d in decisions) == BURST
 
 
 async def test_state_ratelimit_keys_have_separate_budgets(state: SharedState):
-    await limiter(state).take(signing_key_id(SECRET), BURST)
-    assert (await limiter(state).take(signing_key_id("another secret"), BURST)).allowed is True
-    assert (await limiter(state).take(signing_key_id(SECRET), 1)).allowed is False
+    await take(state, signing_key_id(SECRET), BURST)
+    assert (await take(state, signing_key_id("another secret"), BURST)).admitted is True
+    assert (await take(state, signing_key_id(SECRET), 1)).admitted is False
 
 
 @pytest.mark.parametrize("rate", [1e6, 1e9])
 async def test_state_ratelimit_very_high_rate_allows_without_store_errors(redis_server: RedisServer, rate: float):
     fast = shared_state(redis_server, rate=rate)
     try:
-        decisions = [await limiter(fast).take(signing_key_id(SECRET), 1) for _ in range(3)]
-        assert [d.allowed for d in decisions] == [True, True, True]
+        decisions = [await take(fast, signing_key_id(SECRET), 1) for _ in range(3)]
+        assert [d.admitted for d in decisions] == [True, True, True]
     finally:
         await fast.aclose()
 
@@ -201,23 +209,57 @@ async def test_state_ratelimit_retry_after_is_enough_to_be_allowed(redis_server:
     fast = shared_state(redis_server, rate=50.0)
     try:
         key_id = signing_key_id(SECRET)
-        await limiter(fast).take(key_id, BURST)
-        refused = await limiter(fast).take(key_id, 2)
-        assert refused.allowed is False and 0 < refused.retry_after_s <= 2 / 50
+        await take(fast, key_id, BURST)
+        refused = await take(fast, key_id, 2)
+        assert refused.admitted is False and 0 < refused.retry_after_s <= 2 / 50
         await asyncio.sleep(refused.retry_after_s + 0.01)
-        assert (await limiter(fast).take(key_id, 2)).allowed is True
+        assert (await take(fast, key_id, 2)).admitted is True
     finally:
         await fast.aclose()
 
 
 async def test_state_ratelimit_request_larger_than_the_burst_is_invalid(state: SharedState):
     with pytest.raises(InvalidRequest, match="over the rate-limit burst of 5 items"):
-        await limiter(state).take(signing_key_id(SECRET), BURST + 1)
+        await take(state, signing_key_id(SECRET), BURST + 1)
+
+
+async def test_state_gate_replay_spends_nothing(state: SharedState):
+    key_id = signing_key_id(SECRET)
+    assert (await take(state, key_id, 1, NONCE)).admitted is True
+    replay = await take(state, key_id, 1, NONCE)
+    assert (replay.admitted, replay.replay) == (False, True)
+    assert (await take(state, key_id, BURST - 1)).remaining == 0  # the replay took none of the burst
+
+
+async def test_state_gate_request_over_the_rate_keeps_its_nonce_unused(redis_server: RedisServer, raw: Redis):
+    fast = shared_state(redis_server, rate=50.0)
+    try:
+        key_id = signing_key_id(SECRET)
+        await take(fast, key_id, BURST)
+        refused = await take(fast, key_id, 1, NONCE)
+        assert (refused.admitted, refused.replay) == (False, False)
+        assert await raw.exists(f"clip:nonce:{NONCE}") == 0
+        await asyncio.sleep(refused.retry_after_s + 0.01)
+        assert (await take(fast, key_id, 1, NONCE)).admitted is True  # the same request, retried in time
+    finally:
+        await fast.aclose()
+
+
+async def test_state_gate_checks_nonce_and_rate_in_one_store_command(state: SharedState, raw: Redis):
+    await remember(state, "warm-up-nonce-000000")  # loads the script
+    before = await raw.info("commandstats")
+    for i in range(BURST):
+        assert (await take(state, signing_key_id(SECRET), 1, f"nonce-{i:016d}")).admitted
+    after = await raw.info("commandstats")
+    calls = {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after if k != "cmdstat_info"}
+    called = {k.removeprefix("cmdstat_") for k, v in calls.items() if v}
+    # Redis counts the commands a script runs too: GET, SET and TIME are the script's own.
+    assert calls["cmdstat_evalsha"] == BURST and called <= {"evalsha", "get", "set", "time"}
 
 
 async def test_state_keys_never_hold_the_secret(state: SharedState, raw: Redis):
-    await limiter(state).take(signing_key_id(SECRET), 1)
-    await state.nonces.remember(NONCE, 600)
+    await take(state, signing_key_id(SECRET), 1)
+    await remember(state, NONCE)
     keys = sorted(k.decode() for k in await raw.keys("*"))
     assert keys == [f"clip:nonce:{NONCE}", f"clip:rl:{signing_key_id(SECRET)}"]
     values = [await raw.get(k) for k in keys]
@@ -227,10 +269,10 @@ async def test_state_keys_never_hold_the_secret(state: SharedState, raw: Redis):
 async def assert_store_down(state: SharedState) -> None:
     """Auth decisions fail closed, the cache fails open, health says so."""
     with pytest.raises(StoreUnavailable) as caught:
-        await state.nonces.remember(NONCE, 600)
+        await remember(state, NONCE)
     assert caught.value.code == "unavailable"
     with pytest.raises(StoreUnavailable):
-        await limiter(state).take(signing_key_id(SECRET), 1)
+        await take(state, signing_key_id(SECRET), 1)
     assert await state.cache.get(text_key("a")) is None
     await state.cache.put(text_key("a"), np.ones(4, dtype=np.float32))
     assert await state.ping() is False
@@ -238,9 +280,9 @@ async def assert_store_down(state: SharedState) -> None:
 
 async def assert_store_up(state: SharedState) -> None:
     assert await state.ping() is True
-    assert await state.nonces.remember(NONCE, 600) is True
-    assert await state.nonces.remember(NONCE, 600) is False
-    assert (await limiter(state).take(signing_key_id(SECRET), 1)).allowed is True
+    assert await remember(state, NONCE) is True
+    assert await remember(state, NONCE) is False
+    assert (await take(state, signing_key_id(SECRET), 1)).admitted is True
     await state.cache.put(text_key("a"), np.ones(4, dtype=np.float32))
     got = await state.cache.get(text_key("a"))
     assert got is not None and got.tolist() == [1, 1, 1, 1]
@@ -249,15 +291,15 @@ async def assert_store_up(state: SharedState) -> None:
 async def test_state_store_killed_fails_closed_for_auth_open_for_cache_then_recovers(
     state: SharedState, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ):
-    await state.nonces.remember("warm-up-nonce-000000", 600)  # the pool now holds an open connection
+    await remember(state, "warm-up-nonce-000000")  # the pool now holds an open connection
     await state.cache.put(text_key("warm"), np.ones(4, dtype=np.float32))
     redis_server.kill()
     with caplog.at_level(logging.WARNING, logger="app.state"):
         await assert_store_down(state)
         await assert_store_down(state)
-    assert state.failure_counts() == {"nonces": 2, "cache": 4, "rate_limit": 2}
+    assert state.failure_counts() == {"gate": 4, "cache": 4}
     # Counted every time, logged once per piece per interval.
-    assert sorted(r.name for r in caplog.records) == ["app.state.cache", "app.state.nonces", "app.state.ratelimit"]
+    assert sorted(r.name for r in caplog.records) == ["app.state.cache", "app.state.gate"]
     redis_server.start()  # an empty store on the same port: the same object reconnects by itself
     await assert_store_up(state)
 
@@ -269,16 +311,16 @@ async def test_state_store_frozen_fails_within_the_timeout_then_recovers(redis_s
         redis_server.pause()
         try:
             with pytest.raises(StoreUnavailable):
-                await state.nonces.remember("another-nonce-000000", 600)
+                await remember(state, "another-nonce-000000")
             with pytest.raises(StoreUnavailable):
-                await limiter(state).take(signing_key_id(SECRET), 1)
+                await take(state, signing_key_id(SECRET), 1)
             assert await state.cache.get(text_key("a")) is None
             assert await state.ping() is False
         finally:
             redis_server.resume()
         # The frozen server now runs the commands it had buffered (a timed-out SET NX may land: clients retry
         # with a fresh nonce); their answers go to connections the timeouts closed, never read as another's.
-        assert await state.nonces.remember("fresh-nonce-after-resume", 600) is True
+        assert await remember(state, "fresh-nonce-after-resume") is True
         got = await state.cache.get(text_key("a"))
         assert got is not None and got.tolist() == [1, 1, 1, 1]
         assert await state.ping() is True
@@ -290,9 +332,9 @@ async def test_state_restarted_store_serves_the_first_calls_on_the_pooled_connec
     state: SharedState, redis_server: RedisServer
 ):
     # Several connections in the pool, all broken by the restart (the store also forgets its scripts and keys).
-    await asyncio.gather(*(state.nonces.remember(f"pooled-nonce-{i:08d}", 600) for i in range(4)))
+    await asyncio.gather(*(remember(state, f"pooled-nonce-{i:08d}") for i in range(4)))
     redis_server.restart()
-    decisions = await asyncio.gather(*(limiter(state).take(signing_key_id(SECRET), 1) for _ in range(BURST)))
-    assert [d.allowed for d in decisions] == [True] * BURST
-    assert await asyncio.gather(*(state.nonces.remember(f"pooled-nonce-{i:08d}", 600) for i in range(4))) == [True] * 4
-    assert state.failure_counts() == {"nonces": 0, "cache": 0, "rate_limit": 0}
+    decisions = await asyncio.gather(*(take(state, signing_key_id(SECRET), 1) for _ in range(BURST)))
+    assert [d.admitted for d in decisions] == [True] * BURST
+    assert await asyncio.gather(*(remember(state, f"pooled-nonce-{i:08d}") for i in range(4))) == [True] * 4
+    assert state.failure_counts() == {"gate": 0, "cache": 0}

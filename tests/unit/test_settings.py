@@ -111,3 +111,39 @@ def test_settings_short_secret_warning_never_holds_the_secret(secret):
 def test_settings_accepts_the_test_suites_short_secret():
     # Warn, never refuse: existing deployments with short secrets must keep starting.
     assert Settings(embedding_hmac_secret=SECRET).hmac_keys == (SECRET,)
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (GOOD, (GOOD,)),
+        (f" {GOOD} , ,old-{GOOD}", (GOOD, f"old-{GOOD}")),
+        (" , ", ()),
+    ],
+)
+def test_settings_api_keys_split_at_commas(keys, expected):
+    assert Settings(embedding_hmac_secret=GOOD, api_keys=keys).api_key_list == expected
+
+
+def test_settings_api_keys_alone_are_enough_to_start(monkeypatch):
+    monkeypatch.setenv("API_KEYS", GOOD)
+    settings = Settings()
+    assert (settings.hmac_keys, settings.api_key_list) == ((), (GOOD,))
+
+
+@pytest.mark.parametrize("keys", [None, "", " , "])
+def test_settings_refuse_to_start_without_secret_or_key(keys):
+    with pytest.raises(ValueError, match="EMBEDDING_HMAC_SECRET is not set") as err:
+        Settings(api_keys=keys)
+    assert "API_KEYS" in str(err.value) and "ALLOW_INSECURE_AUTH=1" in str(err.value)
+
+
+def test_settings_warn_about_a_short_api_key_never_naming_it():
+    (warning,) = Settings(api_keys=f"{GOOD},short-api-key").startup_warnings()
+    assert warning.startswith("API_KEYS key 2 of 2 is 13 characters")
+    assert "short-api-key" not in warning and GOOD not in warning
+
+
+def test_settings_api_keys_never_appear_in_the_settings_repr():
+    settings = Settings(api_keys=f"{GOOD},another-key-0123456789abcdef0123")
+    assert GOOD not in repr(settings) and "another-key" not in repr(settings)
