@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.batches import router as batches_router
 from app.api.body import with_request_schemas
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
@@ -152,6 +153,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(router)
+    app.include_router(batches_router)
     app.include_router(ops_router)
     app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer
     with_request_schemas(app, SIGNED_BODIES)

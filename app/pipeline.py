@@ -1,4 +1,4 @@
-"""The embedding use cases: URL → bytes → pixels → vector, and text → tokens → vector.
+"""The embedding use cases: URL (or data URI, or uploaded bytes) → bytes → pixels → vector, and text → tokens → vector.
 
 Every request is admitted whole or refused (`Admission`), gets a deadline (REQUEST_TIMEOUT_S) after
 which its items still queued are dropped, and is answered from the embedding cache when it can.
@@ -94,11 +94,15 @@ class EmbeddingPipeline:
         self._metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
         return pixels
 
-    async def _prepare(self, url: str) -> _Prepared:
-        started = time.perf_counter()
-        data = await self._fetcher.fetch(url)
-        self._metrics.stage_seconds.labels("download").observe(time.perf_counter() - started)
-        self._metrics.download_bytes.inc(len(data))
+    async def _prepare(self, source: str | bytes) -> _Prepared:
+        """Prepare an image from its URL (or data URI), or from its bytes (an upload)."""
+        if isinstance(source, bytes):
+            data = source
+        else:
+            started = time.perf_counter()
+            data = await self._fetcher.fetch(source)
+            self._metrics.stage_seconds.labels("download").observe(time.perf_counter() - started)
+            self._metrics.download_bytes.inc(len(data))
         loop = asyncio.get_running_loop()
         shared = self._cache is not None and self._cache.shared is not None
         # Without a shared store, one hop does it all; with one, it is asked between hashing and decoding.
@@ -131,8 +135,9 @@ class EmbeddingPipeline:
         self._metrics.embeddings.labels("image").inc()
         return vector
 
-    async def embed_images(self, urls: Sequence[str]) -> list[ItemResult]:
-        """Embed many images: prepare all concurrently, then queue the ones to compute together.
+    async def embed_images(self, urls: Sequence[str | bytes]) -> list[ItemResult]:
+        """Embed many images (URLs, data URIs or uploaded bytes): prepare all concurrently, then queue
+        the ones to compute together.
 
         Each item succeeds or fails on its own; results keep the input order.
         """
@@ -151,28 +156,59 @@ class EmbeddingPipeline:
             _raise_unexpected(computed)
         vectors = iter(computed)
         results: list[ItemResult] = [next(vectors) if isinstance(p, _Prepared) else p for p in prepared]  # type: ignore[misc]
-        for result in results:
-            if isinstance(result, ServiceError):
-                self._metrics.errors.labels(result.code).inc()
-            else:
-                self._metrics.embeddings.labels("image").inc()
+        self._count_outcomes("image", results)
         return results
 
     async def embed_text(self, text: str) -> np.ndarray:
         """Embed one text; a long one is tokenised off the event loop."""
         with self._admission.admit(1):
-            deadline = time.monotonic() + self._timeout_s
-            key = text_key(text) if self._cache is not None else None
-            vector = await self._cache.get(key) if key is not None and self._cache is not None else None
-            if key is not None:
-                self._count_cache("text", hit=vector is not None)
-            if vector is None:
-                tokens = await self._tokenize(text)
-                (vector,) = await self._engine.texts.submit([tokens], deadline)
-                if key is not None and self._cache is not None:
-                    self._cache.put(key, vector)
+            vector = await self._text_vector(text, time.monotonic() + self._timeout_s)
         self._metrics.embeddings.labels("text").inc()
         return vector
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[ItemResult]:
+        """Embed many texts, queued together as one caller; results keep the input order."""
+        with self._admission.admit(len(texts)):
+            deadline = time.monotonic() + self._timeout_s
+            caller = object()
+            outcomes = await asyncio.gather(
+                *(self._text_vector(t, deadline, caller) for t in texts), return_exceptions=True
+            )
+            _raise_unexpected(outcomes)
+        results: list[ItemResult] = list(outcomes)  # type: ignore[arg-type]
+        self._count_outcomes("text", results)
+        return results
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Return how many tokens the model sees of each text: start and end markers in, the context at most."""
+        loop = asyncio.get_running_loop()
+        counts = []
+        for text in texts:
+            if len(text) <= INLINE_TOKENIZE_CHARS:
+                tokens = self._embedder.tokenize(text)
+            else:
+                tokens = await loop.run_in_executor(self._pool, self._embedder.tokenize, text)
+            counts.append(int(torch.count_nonzero(tokens)))
+        return counts
+
+    async def _text_vector(self, text: str, deadline: float, caller: object | None = None) -> np.ndarray:
+        key = text_key(text) if self._cache is not None else None
+        vector = await self._cache.get(key) if key is not None and self._cache is not None else None
+        if key is not None:
+            self._count_cache("text", hit=vector is not None)
+        if vector is None:
+            tokens = await self._tokenize(text)
+            (vector,) = await self._engine.texts.submit([tokens], deadline, caller)
+            if key is not None and self._cache is not None:
+                self._cache.put(key, vector)
+        return vector
+
+    def _count_outcomes(self, kind: str, results: Sequence[ItemResult]) -> None:
+        for result in results:
+            if isinstance(result, ServiceError):
+                self._metrics.errors.labels(result.code).inc()
+            else:
+                self._metrics.embeddings.labels(kind).inc()
 
     async def _tokenize(self, text: str) -> torch.Tensor:
         if len(text) <= INLINE_TOKENIZE_CHARS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -30,6 +32,43 @@ class EmbedImageBatchRequest(_Strict):
 
 class EmbedTextRequest(_Strict):
     text: str = Field(min_length=1, examples=["a photo of a cat"])
+
+
+class EmbedTextBatchRequest(_Strict):
+    # As image_urls: MAX_BATCH_SIZE is checked by the route, blank and too long texts fail alone.
+    texts: list[str] = Field(min_length=1, description="1 to MAX_BATCH_SIZE texts (`max_batch_size` in GET /health)")
+
+
+class OpenAIEmbeddingsRequest(_Strict):
+    """OpenAI's embeddings request, with Infinity's `modality` for images."""
+
+    model: str = Field(description="The served model: its open_clip name (`model` in GET /health) or its alias")
+    # A string or a list of strings; OpenAI's token arrays are not accepted (open_clip has its own tokenizer).
+    input: str | list[str] = Field(description="1 to MAX_BATCH_SIZE texts, or image URLs / data URIs")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`base64`: each vector as base64 of little-endian float32"
+    )
+    modality: Literal["text", "image"] = Field("text", description="What `input` holds (Infinity's name)")
+    dimensions: int | None = Field(None, description="If given, must be the model's dimension (no truncation)")
+    user: str | None = Field(None, description="Accepted and ignored, as OpenAI's own end-user id")
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
 
 
 class EmbeddingResponse(BaseModel):

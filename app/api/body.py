@@ -29,6 +29,9 @@ _SIGNATURE_HEADERS = (
     ("X-Nonce", "Optional (required when REQUIRE_NONCE=1): 16-64 characters of A-Za-z0-9_-, used once."),
 )
 
+_BEARER = "`Bearer <key>`, a key of API_KEYS: instead of the signature headers (this endpoint only)."
+_PARTS = "1 to MAX_BATCH_SIZE image files (JPEG, PNG, WebP, GIF); any part name, each part a file"
+
 
 def auth_headers(request: Request) -> AuthHeaders:
     """Return the request's signature headers (None where absent) and its id, which a refusal's log line carries."""
@@ -59,17 +62,32 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors], body=raw) from None
 
 
-def signed_json_operation(model: type[BaseModel]) -> dict[str, object]:
-    """Return the OpenAPI entries of a signed endpoint whose JSON body is `model` (see with_request_schemas)."""
+def signed_json_operation(model: type[BaseModel], *, api_key: bool = False) -> dict[str, object]:
+    """Return the OpenAPI entries of a signed endpoint whose JSON body is `model` (see with_request_schemas).
+
+    With `api_key`, the endpoint also takes `Authorization: Bearer <key>` (API_KEYS) instead of a signature.
+    """
+    operation = _signed_operation({"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}})
+    if api_key:
+        header = {"name": "Authorization", "in": "header", "required": False, "schema": {"type": "string"}}
+        operation["parameters"].append(header | {"description": _BEARER})
+    return operation
+
+
+def signed_upload_operation() -> dict[str, object]:
+    """Return the OpenAPI entries of the signed multipart upload: one or more image file parts."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}, "description": _PARTS}
+    schema = {"type": "object", "properties": {"image": files}, "required": ["image"]}
+    return _signed_operation({"multipart/form-data": {"schema": schema}})
+
+
+def _signed_operation(content: dict[str, object]) -> dict[str, Any]:
     return {
         "parameters": [
             {"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": text}
             for name, text in _SIGNATURE_HEADERS
         ],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}},
-        },
+        "requestBody": {"required": True, "content": content},
     }
 
 

@@ -1,40 +1,37 @@
-"""The four endpoints; each validates its body, verifies the signature, then calls the pipeline."""
+"""The single-item endpoints, the image batch and /health; each validates its body, verifies the signature,
+then calls the pipeline. The other batches are in app.api.batches, /v1/embeddings in app.api.openai.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import orjson
 from clip_client.signing import batch_payload_id, image_payload_id, text_payload_id
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from app.api.answers import ERRORS, batch_response, check_batch_size, json_response, text_error
 from app.api.body import signed_json_operation
 from app.api.deps import EmbedCallDep, ServicesDep
-from app.api.errors import RETRY_AFTER_S, error_body
-from app.errors import InvalidRequest, ServiceError
+from app.api.errors import RETRY_AFTER_S
 from app.schemas import (
     BatchResponse,
     EmbeddingResponse,
     EmbedImageBatchRequest,
     EmbedImageRequest,
+    EmbedTextBatchRequest,
     EmbedTextRequest,
-    ErrorResponse,
     HealthResponse,
+    OpenAIEmbeddingsRequest,
 )
 
 router = APIRouter()
 # The signed endpoints' bodies, listed in the OpenAPI document's components (app.api.body.with_request_schemas).
-SIGNED_BODIES = (EmbedImageRequest, EmbedImageBatchRequest, EmbedTextRequest)
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (401, 413, 422, 502, 503, 504)
-}
-
-
-def json_response(content: object, status_code: int = 200) -> Response:
-    """Serialise with orjson; numpy float32 vectors go out without a Python-float detour."""
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status_code, media_type="application/json"
-    )
+SIGNED_BODIES = (
+    EmbedImageRequest,
+    EmbedImageBatchRequest,
+    EmbedTextRequest,
+    EmbedTextBatchRequest,
+    OpenAIEmbeddingsRequest,
+)
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
@@ -84,7 +81,7 @@ async def health(services: ServicesDep) -> Response:
 @router.post(
     "/v1/embed/image",
     response_model=EmbeddingResponse,
-    responses=_ERRORS,
+    responses=ERRORS,
     openapi_extra=signed_json_operation(EmbedImageRequest),
 )
 async def embed_image(call: EmbedCallDep) -> Response:
@@ -99,44 +96,22 @@ async def embed_image(call: EmbedCallDep) -> Response:
 @router.post(
     "/v1/embed/image-batch",
     response_model=BatchResponse,
-    responses=_ERRORS,
+    responses=ERRORS,
     openapi_extra=signed_json_operation(EmbedImageBatchRequest),
 )
 async def embed_image_batch(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageBatchRequest)
     call.record.items = len(body.image_urls)
     call.verify(batch_payload_id(body.image_urls))
-    limit = call.services.settings.max_batch_size
-    if len(body.image_urls) > limit:
-        raise InvalidRequest(
-            f"image_urls holds {len(body.image_urls)} URLs; at most MAX_BATCH_SIZE={limit} are accepted per request"
-        )
+    check_batch_size("image_urls", "URLs", len(body.image_urls), call.services.settings.max_batch_size)
     await call.admit(len(body.image_urls))
-    info = call.info
-    outcomes = await call.pipeline.embed_images(body.image_urls)
-    results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
-    succeeded = sum(1 for r in results if r["error"] is None)
-    return json_response(
-        {
-            "results": results,
-            "succeeded": succeeded,
-            "failed": len(results) - succeeded,
-            "dim": info.dim,
-            "model": info.model,
-        }
-    )
-
-
-def _batch_item(index: int, outcome: np.ndarray | ServiceError) -> dict[str, object]:
-    if isinstance(outcome, ServiceError):
-        return {"index": index, "embedding": None, "error": error_body(outcome.code, outcome.message)["error"]}
-    return {"index": index, "embedding": outcome, "error": None}
+    return batch_response(await call.pipeline.embed_images(body.image_urls), call.info)
 
 
 @router.post(
     "/v1/embed/text",
     response_model=EmbeddingResponse,
-    responses=_ERRORS,
+    responses=ERRORS,
     openapi_extra=signed_json_operation(EmbedTextRequest),
 )
 async def embed_text(call: EmbedCallDep) -> Response:
@@ -144,10 +119,8 @@ async def embed_text(call: EmbedCallDep) -> Response:
     call.record.items = 1
     call.verify(text_payload_id(body.text))
     await call.admit(1)
-    limit = call.services.settings.max_text_chars
-    if len(body.text) > limit:
-        raise InvalidRequest(f"text is {len(body.text)} characters; at most {limit} are accepted")
-    if not body.text.strip():
-        raise InvalidRequest("text is blank")
+    error = text_error(body.text, call.services.settings.max_text_chars)
+    if error is not None:
+        raise error
     vector = await call.pipeline.embed_text(body.text)
     return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})

@@ -2,7 +2,8 @@
 
 The secret comes from EMBEDDING_HMAC_SECRET (the first one when several are listed). Output is one
 `-H Name:value` pair per header (values hold no spaces), ready for `curl $(python -m app.auth.sign ...)`;
-`--json` prints a dict instead.
+`--json` prints a dict instead. An upload is signed over its files' bytes: `--files cat.jpg dog.jpg`
+for `curl -F image=@cat.jpg -F image=@dog.jpg`, in the same order.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from clip_client.signing import (
     batch_payload_id,
+    body_payload_id,
     image_payload_id,
     new_nonce,
     signed_headers,
+    text_batch_payload_id,
     text_payload_id,
+    upload_payload_id,
 )
 
 
@@ -29,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--url", help="image_url of /v1/embed/image")
     group.add_argument("--urls", nargs="+", help="image_urls of /v1/embed/image-batch")
     group.add_argument("--text", help="text of /v1/embed/text")
+    group.add_argument("--texts", nargs="+", help="texts of /v1/embed/text-batch")
+    group.add_argument("--files", nargs="+", type=Path, help="image files of /v1/embed/image-upload, in order")
+    group.add_argument("--body", help="the raw JSON body of /v1/embeddings, exactly as sent")
     parser.add_argument("--nonce", action="store_true", help="add a fresh X-Nonce")
     parser.add_argument("--json", action="store_true", help="print the headers as JSON")
     args = parser.parse_args(argv)
@@ -37,18 +45,32 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("EMBEDDING_HMAC_SECRET is not set", file=sys.stderr)
         return 2
-    if args.url is not None:
-        payload = image_payload_id(args.url)
-    elif args.urls is not None:
-        payload = batch_payload_id(args.urls)
-    else:
-        payload = text_payload_id(args.text)
+    try:
+        payload = _payload_id(args)
+    except OSError as exc:
+        print(f"cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     headers = signed_headers(secret, args.method, args.path, payload, nonce=new_nonce() if args.nonce else None)
     if args.json:
         print(json.dumps(headers))
     else:
         print(" ".join(f"-H {k}:{v}" for k, v in headers.items()))
     return 0
+
+
+def _payload_id(args: argparse.Namespace) -> str:
+    """Return the payload id of the one body option given."""
+    if args.url is not None:
+        return image_payload_id(args.url)
+    if args.urls is not None:
+        return batch_payload_id(args.urls)
+    if args.texts is not None:
+        return text_batch_payload_id(args.texts)
+    if args.files is not None:
+        return upload_payload_id([path.read_bytes() for path in args.files])
+    if args.body is not None:
+        return body_payload_id(args.body.encode("utf-8"))
+    return text_payload_id(args.text)
 
 
 if __name__ == "__main__":

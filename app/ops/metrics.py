@@ -15,7 +15,19 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Paths reported as themselves; anything else is "other", so that scanners cannot blow up label sets.
-ENDPOINTS = frozenset({"/health", "/live", "/metrics", "/v1/embed/image", "/v1/embed/image-batch", "/v1/embed/text"})
+ENDPOINTS = frozenset(
+    {
+        "/health",
+        "/live",
+        "/metrics",
+        "/v1/embed/image",
+        "/v1/embed/image-batch",
+        "/v1/embed/image-upload",
+        "/v1/embed/text",
+        "/v1/embed/text-batch",
+        "/v1/embeddings",
+    }
+)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
