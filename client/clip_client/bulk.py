@@ -145,7 +145,10 @@ def embed_list(
         raise ClipConfigError(f"cannot read the list {list_path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ClipConfigError(f"the list {list_path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    output = BulkOutput(Path(out_dir), content, entries, retry_failed=retry_failed)
+    try:
+        output = BulkOutput(Path(out_dir), content, entries, retry_failed=retry_failed)
+    except OSError as exc:
+        raise ClipConfigError(f"cannot write the output folder {out_dir}: {exc.strerror or exc}") from None
     interrupted = False
     try:
         asyncio.run(BulkRun(client, entries, output).run(concurrency, limit))

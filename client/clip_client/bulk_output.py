@@ -85,7 +85,12 @@ class BulkOutput:
         if self._progress_path.exists():
             self.progress = np.load(self._progress_path)
         if self.dim is not None:
-            self._vectors = np.lib.format.open_memmap(self.embeddings_path, mode="r+")
+            try:
+                self._vectors = np.lib.format.open_memmap(self.embeddings_path, mode="r+")
+            except (OSError, ValueError) as exc:
+                raise ClipConfigError(
+                    f"{self.embeddings_path} cannot be resumed ({exc}); delete {self.folder} to start again"
+                ) from None
         if retry_failed:
             self.progress[self.progress == FAILED] = PENDING
         for line in self.failures_path.read_text(encoding="utf-8").splitlines() if self.failures_path.exists() else ():

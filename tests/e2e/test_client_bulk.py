@@ -326,3 +326,10 @@ def test_bulk_shows_a_progress_bar_on_a_terminal(gated, tmp_path):
     final = text.rstrip().rsplit("\r", 1)[-1]  # the bar's last state: count, [elapsed<ETA, rate], the failures
     failed = len(expected_failures(lines))
     assert re.search(rf"11/11 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(image/s|s/image), failed={failed}\]", final), final
+
+
+def test_bulk_unwritable_output_folder_exits_2(bulk, image_server, tmp_path):
+    list_path, _ = make_list(image_server, tmp_path, count=3)
+    (tmp_path / "file").write_text("not a folder")
+    status, summary, _ = bulk(str(list_path), "--out", str(tmp_path / "file" / "out"))
+    assert status == 2 and summary["error"]["message"].startswith(f"cannot write the output folder {tmp_path}")

@@ -171,3 +171,13 @@ def test_bulk_output_refuses_vectors_of_another_dim(tmp_path):
     output.record_ok(entries[0], [1.0, 2.0])
     with pytest.raises(ClipConfigError, match="answered 3-dimensional vectors"):
         output.record_ok(entries[1], [1.0, 2.0, 3.0])
+
+
+def test_bulk_output_refuses_to_resume_without_its_embeddings_file(tmp_path):
+    entries = read_entries(LIST)
+    output = _output(tmp_path)
+    output.record_ok(entries[0], [1.0, 2.0])
+    output.close()
+    output.embeddings_path.unlink()
+    with pytest.raises(ClipConfigError, match="embeddings.npy cannot be resumed"):
+        _output(tmp_path)
