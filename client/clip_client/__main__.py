@@ -36,9 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Row i of DIR/embeddings.npy is line i+1 of LIST (zero when it failed or is blank or a "
         "# comment); failures go to DIR/failures.jsonl. Run it again with the same --out to continue.",
     )
-    bulk.add_argument("list", help="file with one image URL or local file path per line")
+    bulk.add_argument("list", metavar="LIST", help="file with one image URL or local file path per line")
     bulk.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    bulk.add_argument("--concurrency", type=_positive, default=4, help="requests in flight at most (default 4)")
+    bulk.add_argument(
+        "--concurrency", type=_positive, default=4, metavar="N", help="requests in flight at most (default 4)"
+    )
     bulk.add_argument("--limit", type=_positive, default=None, metavar="N", help="embed at most N more lines")
     bulk.add_argument("--retry-failed", action="store_true", help="embed again the lines that failed before")
     return parser

@@ -104,3 +104,9 @@ async def test_serverless_client_pod_only_methods_name_the_pod_backend(method, a
         f"{method}() needs the pod backend (CLIP_INFERENCE_BACKEND=runpod_pod): the runpod_serverless "
         "backend (the legacy handler) embeds images by URL only"
     )
+
+
+async def test_serverless_client_batches_are_one_image_per_job():
+    client = RunPodServerlessClipClient("http://127.0.0.1:9", "key", "s")
+    assert await client.max_batch_size() == 1
+    await client.aclose()
