@@ -23,8 +23,9 @@ from clip_client.errors import (
     ClipUnavailableError,
 )
 from clip_client.factory import ClipClient, make_clip_client
+from clip_client.inline import data_uri
 from clip_client.pod import ClipPodClient, RunPodPodClipClient
-from clip_client.results import ImageResult, ItemError
+from clip_client.results import ImageResult, ItemError, TextResult
 from clip_client.retry import RetryPolicy
 from clip_client.serverless import RunPodServerlessClipClient
 
@@ -47,6 +48,8 @@ __all__ = [
     "RetryPolicy",
     "RunPodPodClipClient",
     "RunPodServerlessClipClient",
+    "TextResult",
+    "data_uri",
     "make_clip_client",
     "signing",
 ]

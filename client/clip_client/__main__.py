@@ -1,9 +1,10 @@
-"""Operator's command line: `python -m clip_client health|image URL|images URL...|text "..."`.
+"""Operator's command line: `python -m clip_client health|image URL|images URL...|text "..."|embed-list LIST --out DIR`.
 
 Prints one JSON document on stdout. Exit status: 0 success; 1 the request (or any image of
-`images`) failed, with `{"error": {"code", "message"}}` printed (plus the server's `request_id` when
-known, and a `hint` for an unauthorized request); 2 bad usage or configuration. Backend and
-credentials come from the environment (see `clip_client.config`).
+`images` or `embed-list`) failed, with `{"error": {"code", "message"}}` printed (plus the server's
+`request_id` when known, and a `hint` for an unauthorized request); 2 bad usage or configuration;
+130 `embed-list` interrupted (its output saved: run it again to continue). Backend and credentials
+come from the environment (see `clip_client.config`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,30 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("image", help="embed one image").add_argument("url")
     commands.add_parser("images", help="embed many images (batched)").add_argument("urls", nargs="+")
     commands.add_parser("text", help="embed one text").add_argument("text")
+    bulk = commands.add_parser(
+        "embed-list",
+        help="embed a list file (one URL or local path a line) into DIR/embeddings.npy, resumably",
+        description="Row i of DIR/embeddings.npy is line i+1 of LIST (zero when it failed or is blank or a "
+        "# comment); failures go to DIR/failures.jsonl. Run it again with the same --out to continue.",
+    )
+    bulk.add_argument("list", metavar="LIST", help="file with one image URL or local file path per line")
+    bulk.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    bulk.add_argument(
+        "--concurrency", type=_positive, default=4, metavar="N", help="requests in flight at most (default 4)"
+    )
+    bulk.add_argument("--limit", type=_positive, default=None, metavar="N", help="embed at most N more lines")
+    bulk.add_argument("--retry-failed", action="store_true", help="embed again the lines that failed before")
     return parser
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw} is below 1")
+    return value
 
 
 async def _run(client: ClipClient, args: argparse.Namespace) -> tuple[dict[str, object], int]:
@@ -83,7 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = make_clip_client()
         backend = client.backend
-        document, status = asyncio.run(_run(client, args))
+        if args.command == "embed-list":
+            from clip_client.bulk import embed_list  # numpy and tqdm: loaded for this command only
+
+            document, status = embed_list(
+                client,
+                args.list,
+                args.out,
+                concurrency=args.concurrency,
+                limit=args.limit,
+                retry_failed=args.retry_failed,
+            )
+        else:
+            document, status = asyncio.run(_run(client, args))
     except ClipClientError as exc:
         document = error_document(exc, backend)
         status = EXIT_USAGE if isinstance(exc, ClipConfigError) else EXIT_FAILED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -18,7 +18,22 @@ async def bounded_map(func: Callable[[T], Awaitable[R]], items: Sequence[T], lim
         async with slots:
             return await func(item)
 
-    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    return await gather_or_cancel([asyncio.ensure_future(one(item)) for item in items])
+
+
+async def drain(func: Callable[[T], Awaitable[object]], items: Iterable[T], workers: int) -> None:
+    """Call `func` on every item, in order, with `workers` calls at most at once (no task per item)."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:  # one iterator shared: each item goes to the first free worker
+            await func(item)
+
+    await gather_or_cancel([asyncio.ensure_future(worker()) for _ in range(workers)])
+
+
+async def gather_or_cancel(tasks: list[asyncio.Future[R]]) -> list[R]:
+    """Return the tasks' results; when one raises (or this is cancelled), cancel the others and re-raise."""
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     SERVER_ERROR = "server_error"
     TIMEOUT = "timeout"
     HANDLER_EXCEPTION = "handler_exception"
+    READ_FAILED = "read_failed"  # `embed-list`: a local file could not be read
 
 
 # The image host failed, not the service: a final answer for this image, never retried as a sick server.

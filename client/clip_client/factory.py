@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Protocol, Self
 
 from clip_client.config import ClientConfig
 from clip_client.pod import ClipPodClient
-from clip_client.results import ImageResult
+from clip_client.results import ImageResult, TextResult
 from clip_client.retry import RetryPolicy
 from clip_client.serverless import RunPodServerlessClipClient
 
 
 class ClipClient(Protocol):
-    """What both backends offer (the serverless one raises ClipNotSupportedError for health and text)."""
+    """What both backends offer (the serverless one raises ClipNotSupportedError for all but image URLs)."""
 
     backend: str
 
@@ -20,9 +22,17 @@ class ClipClient(Protocol):
 
     async def embed_image(self, url: str) -> list[float]: ...
 
-    async def embed_images(self, urls: list[str]) -> list[ImageResult]: ...
+    async def embed_images(self, urls: Sequence[str]) -> list[ImageResult]: ...
 
     async def embed_text(self, text: str) -> list[float]: ...
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[TextResult]: ...
+
+    async def embed_image_bytes(self, data: bytes, media_type: str | None = None) -> list[float]: ...
+
+    async def embed_image_file(self, path: str | os.PathLike[str]) -> list[float]: ...
+
+    async def max_batch_size(self) -> int: ...
 
     async def aclose(self) -> None: ...
 

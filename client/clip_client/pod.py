@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import aiohttp
 
@@ -11,9 +13,12 @@ from clip_client import signing
 from clip_client._tasks import bounded_map
 from clip_client.config import first_secret
 from clip_client.errors import ClipConfigError, ClipServerError
-from clip_client.results import ImageResult, ItemError
+from clip_client.inline import data_uri, file_data_uri
+from clip_client.results import ImageResult, ItemError, TextResult
 from clip_client.retry import RetryPolicy
 from clip_client.transport import Transport, TransportClient
+
+R = TypeVar("R")
 
 
 def _vector(body: object, where: str) -> list[float]:
@@ -21,6 +26,26 @@ def _vector(body: object, where: str) -> list[float]:
     if not isinstance(vector, list) or not vector:
         raise ClipServerError(f"{where}: the answer has no embedding")
     return vector
+
+
+def _batch_items(body: object, count: int, where: str) -> list[tuple[list[float] | None, ItemError | None]]:
+    """Read a batch answer's `results` into (embedding, error) per input, in input order."""
+    items = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(items, list) or len(items) != count:
+        raise ClipServerError(f"{where}: expected {count} results")
+    outcomes: list[tuple[list[float] | None, ItemError | None] | None] = [None] * count
+    for position, item in enumerate(items):
+        index = item.get("index", position) if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < count or outcomes[index] is not None:
+            raise ClipServerError(f"{where}: result {position} has a bad index")
+        error = item.get("error")
+        if error:
+            code = str(error.get("code", "")) if isinstance(error, dict) else ""
+            message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+            outcomes[index] = (None, ItemError(code or "unknown", message))
+        else:
+            outcomes[index] = (_vector(item, where), None)
+    return outcomes  # type: ignore[return-value]  # every slot was filled above
 
 
 class ClipPodClient(TransportClient):
@@ -71,19 +96,25 @@ class ClipPodClient(TransportClient):
         body = await self._post(signing.TEXT_PATH, {"text": text}, signing.text_payload_id(text))
         return _vector(body, signing.TEXT_PATH)
 
+    async def embed_image_bytes(self, data: bytes, media_type: str | None = None) -> list[float]:
+        """Return the embedding of an image given as bytes, sent inline (media type sniffed if not given)."""
+        return await self.embed_image(data_uri(data, media_type))
+
+    async def embed_image_file(self, path: str | os.PathLike[str]) -> list[float]:
+        """Return the embedding of a local image file, sent inline; OSError when it cannot be read."""
+        return await self.embed_image(await file_data_uri(path))
+
     async def embed_images(self, urls: Sequence[str]) -> list[ImageResult]:
-        """Embed any number of images: chunks of the server's `max_batch_size`, sent concurrently.
+        """Embed any number of images (URLs or data URIs): chunks of the server's `max_batch_size`, sent concurrently.
 
         Returns one result per URL in input order; a refused image is a failed result, while a
         chunk that fails as a whole (auth, unavailable after retries...) raises.
         """
-        urls = list(urls)
-        if not urls:
-            return []
-        size = await self.max_batch_size()
-        chunks = [urls[i : i + size] for i in range(0, len(urls), size)]
-        outcomes = await bounded_map(self._embed_chunk, chunks, self._max_concurrency)
-        return [result for chunk in outcomes for result in chunk]
+        return await self._batched(list(urls), self._embed_chunk)
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[TextResult]:
+        """Embed any number of texts, batched like `embed_images`; one result per text in input order."""
+        return await self._batched(list(texts), self._embed_text_chunk)
 
     async def max_batch_size(self) -> int:
         """Return the chunk size: given at construction, or asked from `/health` once and kept."""
@@ -94,24 +125,24 @@ class ClipPodClient(TransportClient):
             self._batch_size = size
         return self._batch_size
 
+    async def _batched(self, items: list[str], send: Callable[[list[str]], Awaitable[list[R]]]) -> list[R]:
+        if not items:
+            return []
+        size = await self.max_batch_size()
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        outcomes = await bounded_map(send, chunks, self._max_concurrency)
+        return [result for chunk in outcomes for result in chunk]
+
     async def _embed_chunk(self, urls: list[str]) -> list[ImageResult]:
         body = await self._post(signing.BATCH_PATH, {"image_urls": urls}, signing.batch_payload_id(urls))
-        items = body.get("results") if isinstance(body, dict) else None
-        if not isinstance(items, list) or len(items) != len(urls):
-            raise ClipServerError(f"{signing.BATCH_PATH}: expected {len(urls)} results")
-        results: list[ImageResult | None] = [None] * len(urls)
-        for position, item in enumerate(items):
-            index = item.get("index", position) if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < len(urls) or results[index] is not None:
-                raise ClipServerError(f"{signing.BATCH_PATH}: result {position} has a bad index")
-            error = item.get("error")
-            if error:
-                code = str(error.get("code", "")) if isinstance(error, dict) else ""
-                message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
-                results[index] = ImageResult(urls[index], error=ItemError(code or "unknown", message))
-            else:
-                results[index] = ImageResult(urls[index], embedding=_vector(item, signing.BATCH_PATH))
-        return results  # type: ignore[return-value]  # every slot was filled above
+        items = _batch_items(body, len(urls), signing.BATCH_PATH)
+        return [ImageResult(url, embedding=vector, error=error) for url, (vector, error) in zip(urls, items)]
+
+    async def _embed_text_chunk(self, texts: list[str]) -> list[TextResult]:
+        path = signing.TEXT_BATCH_PATH
+        body = await self._post(path, {"texts": texts}, signing.text_batch_payload_id(texts))
+        items = _batch_items(body, len(texts), path)
+        return [TextResult(text, embedding=vector, error=error) for text, (vector, error) in zip(texts, items)]
 
     async def _post(self, path: str, body: dict[str, object], payload_id: str) -> object:
         def headers() -> dict[str, str]:

@@ -4,12 +4,14 @@ Request: `POST {endpoint}/runsync` with `{"input": {"image_url", "timestamp", "s
 signature = HMAC-SHA256(secret, "image_url|timestamp"), and `Authorization: Bearer <RUNPOD_API_KEY>`.
 Answer: `{"id", "status": "COMPLETED", "output": {"embedding", "dim"}}`, or `"status": "FAILED"`
 with the handler's `{"code", "message"}` as `error`; a job still queued or running is polled at
-`GET {endpoint}/status/{id}` until it ends or the timeout passes. Only images can be embedded.
+`GET {endpoint}/status/{id}` until it ends or the timeout passes. Only images given by URL can be
+embedded: the text and inline-image methods raise ClipNotSupportedError naming the pod backend.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,7 +30,7 @@ from clip_client.errors import (
     ClipTimeoutError,
     error_for,
 )
-from clip_client.results import ImageResult, ItemError
+from clip_client.results import ImageResult, ItemError, TextResult
 from clip_client.retry import RetryPolicy
 from clip_client.transport import Transport, TransportClient
 
@@ -57,6 +59,13 @@ def _job_error(raw: object) -> tuple[str, str]:
         if "error_message" in raw:  # the SDK's report of an exception inside the handler
             return ErrorCode.HANDLER_EXCEPTION, f"{raw.get('error_type', 'error')}: {raw['error_message']}"
     return ErrorCode.SERVER_ERROR, str(raw)
+
+
+def _pod_only(method: str) -> ClipNotSupportedError:
+    return ClipNotSupportedError(
+        f"{method} needs the pod backend (CLIP_INFERENCE_BACKEND=runpod_pod): the runpod_serverless "
+        "backend (the legacy handler) embeds images by URL only"
+    )
 
 
 class RunPodServerlessClipClient(TransportClient):
@@ -92,10 +101,23 @@ class RunPodServerlessClipClient(TransportClient):
         )
 
     async def health(self) -> dict[str, object]:
-        raise ClipNotSupportedError("health() is not supported by the runpod_serverless backend")
+        raise _pod_only("health()")
 
     async def embed_text(self, text: str) -> list[float]:
-        raise ClipNotSupportedError("embed_text() is not supported by the runpod_serverless backend")
+        raise _pod_only("embed_text()")
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[TextResult]:
+        raise _pod_only("embed_texts()")
+
+    async def embed_image_bytes(self, data: bytes, media_type: str | None = None) -> list[float]:
+        raise _pod_only("embed_image_bytes()")
+
+    async def embed_image_file(self, path: str | os.PathLike[str]) -> list[float]:
+        raise _pod_only("embed_image_file()")
+
+    async def max_batch_size(self) -> int:
+        """Return 1: the handler embeds one image per job."""
+        return 1
 
     async def embed_image(self, url: str) -> list[float]:
         """Return the embedding of the image at `url` (raises the handler's error)."""

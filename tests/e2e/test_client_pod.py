@@ -12,8 +12,10 @@ from clip_client import (
     ImageResult,
     RetryPolicy,
     RunPodPodClipClient,
+    TextResult,
+    data_uri,
 )
-from clip_client.signing import BATCH_PATH
+from clip_client.signing import BATCH_PATH, TEXT_BATCH_PATH
 
 from tests.support.api import SECRET
 from tests.support.data import tiny_settings
@@ -141,3 +143,58 @@ async def test_client_reuses_one_session(service, image_server):
         await client.embed_image(image_server.url("img/photo0.jpg"))
         assert client._transport.session() is first
     assert first.closed
+
+
+TEXTS = ["a photo of a cat", "two lines\nof text", "", "ünïcödé ✓", "x" * 10_001, "a red car"]
+
+
+async def test_client_embed_texts_in_chunks_equal_single_texts_in_order(service):
+    client, sleeps, sent = make_client(service.base, batch_size=4)
+    async with client:
+        results = await client.embed_texts(TEXTS)
+        singles = {t: await client.embed_text(t) for t in TEXTS if t and len(t) <= 10_000}
+    assert sent.requests[:2] == [("POST", TEXT_BATCH_PATH)] * 2
+    assert [r.text for r in results] == TEXTS and all(isinstance(r, TextResult) for r in results)
+    assert {i: r.error.code for i, r in enumerate(results) if r.error} == {2: "invalid_request", 4: "invalid_request"}
+    for result in results:
+        if result.ok:
+            assert result.embedding is not None and np.allclose(result.embedding, singles[result.text], atol=1e-5)
+    assert sleeps.delays == []
+
+
+async def test_client_embed_texts_empty_sends_nothing(service):
+    client, _, sent = make_client(service.base)
+    async with client:
+        assert await client.embed_texts([]) == []
+    assert sent.requests == []
+
+
+async def test_client_inline_images_equal_the_url_path(service, image_server, tmp_path):
+    data = image_server.files["rgba.png"]
+    (tmp_path / "logo.png").write_bytes(data)
+    client, _, sent = make_client(service.base)
+    async with client:
+        by_url = await client.embed_image(image_server.url("img/rgba.png"))
+        from_bytes = await client.embed_image_bytes(data)
+        named = await client.embed_image_bytes(data, "image/png")
+        from_file = await client.embed_image_file(tmp_path / "logo.png")
+        (from_batch,) = await client.embed_images([data_uri(data)])
+    for vector in (from_bytes, named, from_file, from_batch.embedding):
+        assert vector is not None and np.allclose(vector, by_url, atol=1e-5)
+    assert sent.requests.count(("POST", "/v1/embed/image")) == 4
+
+
+async def test_client_inline_non_image_refused_before_sending(service):
+    client, _, sent = make_client(service.base)
+    async with client:
+        with pytest.raises(ClipInvalidRequestError) as caught:
+            await client.embed_image_bytes(b"<html><body>not an image</body></html>")
+    assert caught.value.code == "invalid_image" and sent.requests == []
+
+
+async def test_client_inline_broken_image_refused_by_the_service(service, image_server):
+    client, _, _ = make_client(service.base)
+    async with client:
+        with pytest.raises(ClipInvalidRequestError) as caught:
+            await client.embed_image_bytes(image_server.files["truncated.jpg"])
+    assert caught.value.status == 422 and caught.value.code == "invalid_image"

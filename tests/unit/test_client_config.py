@@ -84,9 +84,29 @@ def test_config_timeout_from_environment(env):
     assert ClientConfig.from_env().pod_timeout_s == 2.5
 
 
-@pytest.mark.parametrize("method", ["health", "embed_text"])
-async def test_serverless_client_text_and_health_not_supported(method):
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("health", ()),
+        ("embed_text", ("a cat",)),
+        ("embed_texts", (["a cat", "a dog"],)),
+        ("embed_image_bytes", (b"\xff\xd8\xff\xe0",)),
+        ("embed_image_file", ("cat.jpg",)),
+    ],
+)
+async def test_serverless_client_pod_only_methods_name_the_pod_backend(method, args):
     client = RunPodServerlessClipClient("http://127.0.0.1:9", "key", "s")
-    with pytest.raises(ClipNotSupportedError, match="not supported by the runpod_serverless backend"):
-        await (client.health() if method == "health" else client.embed_text("a cat"))
+    with pytest.raises(ClipNotSupportedError) as caught:
+        await getattr(client, method)(*args)
+    await client.aclose()
+    assert caught.value.code == "not_supported"
+    assert caught.value.message == (
+        f"{method}() needs the pod backend (CLIP_INFERENCE_BACKEND=runpod_pod): the runpod_serverless "
+        "backend (the legacy handler) embeds images by URL only"
+    )
+
+
+async def test_serverless_client_batches_are_one_image_per_job():
+    client = RunPodServerlessClipClient("http://127.0.0.1:9", "key", "s")
+    assert await client.max_batch_size() == 1
     await client.aclose()
