@@ -30,6 +30,9 @@ ItemResult = np.ndarray | ServiceError
 # more than tokenising a caption, and the GIL keeps the pool thread from running beside the loop anyway
 # (figures in docs/performance.md).
 INLINE_TOKENIZE_CHARS = 128
+# Images up to this many bytes are hashed on the event loop when a shared cache is asked: hashing them
+# costs the loop less than the extra hop to the pool would (figures in docs/performance.md).
+INLINE_HASH_BYTES = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -105,8 +108,12 @@ class EmbeddingPipeline:
             self._metrics.download_bytes.inc(len(data))
         loop = asyncio.get_running_loop()
         shared = self._cache is not None and self._cache.shared is not None
-        # Without a shared store, one hop does it all; with one, it is asked between hashing and decoding.
-        prepared = await loop.run_in_executor(self._pool, self._lookup_or_decode, data, not shared)
+        # Without a shared store, one hop does it all; with one, it is asked between hashing and decoding,
+        # and a small image is hashed here so that decoding is its only hop.
+        if shared and len(data) <= INLINE_HASH_BYTES:
+            prepared = self._lookup_or_decode(data, False)
+        else:
+            prepared = await loop.run_in_executor(self._pool, self._lookup_or_decode, data, not shared)
         if prepared.vector is not None or prepared.pixels is not None or prepared.key is None:
             return prepared
         assert self._cache is not None
