@@ -108,20 +108,28 @@ class EmbeddingPipeline:
             self._metrics.download_bytes.inc(len(data))
         loop = asyncio.get_running_loop()
         shared = self._cache is not None and self._cache.shared is not None
-        # Without a shared store, one hop does it all; with one, it is asked between hashing and decoding,
-        # and a small image is hashed here so that decoding is its only hop.
-        if shared and len(data) <= INLINE_HASH_BYTES:
+        if not shared:
+            return await loop.run_in_executor(self._pool, self._lookup_or_decode, data, True)
+        assert self._cache is not None
+        # A small image is hashed here and decoded while the shared store is asked (a hit drops the
+        # pixels): the lookup adds no wait, and decoding is its only hop. A large one is hashed on the
+        # pool and decoded only when the store misses.
+        small = len(data) <= INLINE_HASH_BYTES
+        if small:
             prepared = self._lookup_or_decode(data, False)
         else:
-            prepared = await loop.run_in_executor(self._pool, self._lookup_or_decode, data, not shared)
-        if prepared.vector is not None or prepared.pixels is not None or prepared.key is None:
+            prepared = await loop.run_in_executor(self._pool, self._lookup_or_decode, data, False)
+        if prepared.vector is not None or prepared.key is None:
             return prepared
-        assert self._cache is not None
+        decoding = loop.run_in_executor(self._pool, self._decode, data) if small else None
+        if decoding is not None:
+            decoding.add_done_callback(_consume)  # no one may wait for it: a hit, or a cancelled request
         vector = await self._cache.get_shared(prepared.key)
         self._count_cache("image", hit=vector is not None)
         if vector is not None:
             return _Prepared(prepared.key, vector=vector)
-        return _Prepared(prepared.key, pixels=await loop.run_in_executor(self._pool, self._decode, data))
+        pixels = await (decoding or loop.run_in_executor(self._pool, self._decode, data))
+        return _Prepared(prepared.key, pixels=pixels)
 
     async def _compute(self, prepared: _Prepared, deadline: float, caller: object | None = None) -> np.ndarray:
         if prepared.vector is not None:
@@ -225,6 +233,12 @@ class EmbeddingPipeline:
 
     def _count_cache(self, kind: str, *, hit: bool) -> None:
         (self._metrics.cache_hits if hit else self._metrics.cache_misses).labels(kind).inc()
+
+
+def _consume(future: asyncio.Future[torch.Tensor]) -> None:
+    """Mark a decode's error as retrieved, so that one no one waits for is not logged as unhandled."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _raise_unexpected(outcomes: Sequence[object]) -> None:

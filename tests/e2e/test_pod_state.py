@@ -26,6 +26,7 @@ from clip_client import ClipPodClient, RetryPolicy
 from clip_client.signing import new_nonce, signed_headers, text_payload_id
 
 from app.inference.cache import image_key, text_key
+from app.pipeline import INLINE_HASH_BYTES
 from scripts.procs import PYTHONPATH, ROOT, app_server, free_port
 from tests.support.api import SECRET, call
 from tests.support.data import TINY_APP_ENV, jpeg_bytes
@@ -142,16 +143,19 @@ def test_pod_state_nonce_accepted_by_one_pod_is_refused_by_the_other(pods, first
 # --- embedding cache ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["text", "image"])
-def test_pod_state_vector_computed_by_one_pod_is_served_by_the_other_from_redis(pods, redis_server, images, kind):
+# A small image is hashed on the event loop and decoded beside the lookup; a large one (over
+# app.pipeline.INLINE_HASH_BYTES) is hashed on the pool and decoded only after a miss.
+@pytest.mark.parametrize(("kind", "size"), [("text", None), ("image", (64, 48)), ("image", (800, 600))])
+def test_pod_state_vector_computed_by_one_pod_is_served_by_the_other_from_redis(pods, redis_server, images, kind, size):
     a, b = pods
-    if kind == "text":
+    if size is None:
         text = "a caption only pod A has embedded"
         path, body, key = TEXT_PATH, {"text": text}, text_key(text)
     else:
-        data = jpeg_bytes(64, 48, seed=16)
-        images.files["shared.jpg"] = data
-        path, body, key = IMAGE_PATH, {"image_url": images.url("img/shared.jpg")}, image_key(data)
+        data = jpeg_bytes(*size, seed=16, quality=100)
+        assert (len(data) > INLINE_HASH_BYTES) == (size[0] > 64)
+        images.files[f"shared-{size[0]}.jpg"] = data
+        path, body, key = IMAGE_PATH, {"image_url": images.url(f"img/shared-{size[0]}.jpg")}, image_key(data)
     queue = f"{kind}s"  # the engine's queue: one forward pass counts once in clip_batch_size
     a_before, b_before = scrape(a), scrape(b)
     from_a = call(a, path, body)
@@ -173,6 +177,14 @@ def test_pod_state_vector_computed_by_one_pod_is_served_by_the_other_from_redis(
     assert delta(b_before, b_after, "clip_cache_misses_total", kind=kind) == 0
     assert delta(b_before, b_after, "clip_batch_size_count", queue=queue) == 0
     assert delta(b_before, b_after, "clip_embeddings_total", kind=kind) == 1
+
+
+@pytest.mark.parametrize("size", [(64, 48), (800, 600)])
+def test_pod_state_broken_image_is_refused_on_either_cache_path(pods, images, size):
+    data = jpeg_bytes(*size, seed=18, quality=100)
+    images.files[f"broken-{size[0]}.jpg"] = data[: len(data) // 2]  # a truncated JPEG: decode fails
+    status, body, _ = call(pods[0], IMAGE_PATH, {"image_url": images.url(f"img/broken-{size[0]}.jpg")})
+    assert (status, body["error"]["code"]) == (422, "invalid_image")
 
 
 # --- rate limit -----------------------------------------------------------------------------------------
