@@ -70,9 +70,11 @@ def local_cluster(app_env: Mapping[str, str], temp_dir: Path, num_cpus: int = 2)
                 os.environ[name] = value
 
 
-def deploy(**options: object) -> None:
-    """Run the service's deployment with `options` on CPU replicas; return once every replica is healthy."""
-    app = deployment.options(ray_actor_options=REPLICA_OPTIONS, **options).bind()  # type: ignore[arg-type]
+def deploy(*init_args: object, **options: object) -> None:
+    """Run the service's deployment with `options` on CPU replicas; return once every replica is healthy.
+
+    `init_args` go to each replica's constructor (the model seam: `embedder_factory`)."""
+    app = deployment.options(ray_actor_options=REPLICA_OPTIONS, **options).bind(*init_args)  # type: ignore[arg-type]
     serve.run(app, name=APP_NAME, route_prefix="/")
 
 
