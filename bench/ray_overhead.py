@@ -24,19 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.overhead import SECRET, tiny_photos
+from bench.overhead import SERVER_ENV, tiny_photos
 from scripts.procs import free_port, spawn, stop, wait_healthy
 
-APP_ENV = {
-    "EMBEDDING_HMAC_SECRET": SECRET,
-    "CLIP_MODEL": "ViT-B-32",
-    "CLIP_PRETRAINED": "none",
-    "DEVICE": "cpu",
-    "LOG_LEVEL": "warning",
-    "CACHE_MAX_ENTRIES": "0",
-    "ALLOW_PRIVATE_URLS": "1",
-    "HF_HUB_OFFLINE": "1",
-}
+APP_ENV = SERVER_ENV | {"HF_HUB_OFFLINE": "1"}
 # (kind, clients): one client shows the latency each request pays; the caption sweep finds the concurrency
 # past which one replica's throughput stops growing (the autoscaler's target_ongoing_requests).
 LOADS = [("text", 1), ("image", 1), ("text", 4), ("text", 8), ("text", 16), ("text", 32), ("image", 16)]
