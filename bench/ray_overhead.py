@@ -74,23 +74,13 @@ def main() -> None:
         tiny_photos(photos)
         with plain_server() as base:
             for kind, clients in LOADS:
-                rows.append(
-                    (
-                        "plain",
-                        kind,
-                        clients or args.clients,
-                        load(base, kind, clients or args.clients, args.duration, photos),
-                    )
-                )
+                rows.append(("plain", kind, clients, load(base, kind, clients, args.duration, photos)))
         with local_cluster(APP_ENV, Path(ray_dir)) as cluster:
             for replicas in (1, 2):
                 deploy(_stand_in, num_replicas=replicas, autoscaling_config=None)
-                loads = LOADS if replicas == 1 else [(k, c) for k, c in LOADS if c == 0]
-                for kind, clients in loads:
-                    n = clients or args.clients
-                    rows.append(
-                        (f"ray, {replicas} replica(s)", kind, n, load(cluster.base, kind, n, args.duration, photos))
-                    )
+                for kind, clients in LOADS if replicas == 1 else SCALING_LOADS:
+                    figures = load(cluster.base, kind, clients, args.duration, photos)
+                    rows.append((f"ray, {replicas} replica(s)", kind, clients, figures))
     print(f"{'arm':22s} {'load':6s} {'clients':>7s} {'items/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} errors")
     for arm, kind, clients, r in rows:
         print(
