@@ -11,11 +11,11 @@ DOCKER_BUILD_ARGS ?=
 
 EXAMPLE_REQUIREMENTS := examples/visual_search/requirements.txt
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt $(EXAMPLE_REQUIREMENTS) constraints.txt client/pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-handler.txt requirements-ray.txt $(EXAMPLE_REQUIREMENTS) constraints.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-handler.txt \
-		-r $(EXAMPLE_REQUIREMENTS) -c constraints.txt
+		-r requirements-ray.txt -r $(EXAMPLE_REQUIREMENTS) -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e ./client
 	touch $(STAMP)
 

@@ -33,6 +33,16 @@ from bench.procs import cpu_seconds
 from scripts.procs import free_port, spawn, stop, wait_healthy
 
 SECRET = "bench-overhead-secret"
+# The stand-in server's settings: signed, no cache (every item takes the whole path), quiet.
+SERVER_ENV = {
+    "EMBEDDING_HMAC_SECRET": SECRET,
+    "CLIP_MODEL": "ViT-B-32",
+    "CLIP_PRETRAINED": "none",
+    "DEVICE": "cpu",
+    "LOG_LEVEL": "warning",
+    "CACHE_MAX_ENTRIES": "0",
+    "ALLOW_PRIVATE_URLS": "1",
+}
 
 
 class StandIn:
@@ -90,16 +100,8 @@ def measure(kind: str, clients: int, batch: int, duration: float, settle: bool) 
     The server's other settings (CPU_WORKERS, DOWNLOAD_CONCURRENCY...) come from the environment.
     """
     port = free_port()
-    env = os.environ | {
-        "EMBEDDING_HMAC_SECRET": SECRET,
-        "CLIP_MODEL": "ViT-B-32",
-        "CLIP_PRETRAINED": "none",
-        "DEVICE": "cpu",
-        "LOG_LEVEL": "warning",
-        "CACHE_MAX_ENTRIES": "0",
-        "ALLOW_PRIVATE_URLS": "1",
-        "MAX_BATCH_SIZE": str(max(16, batch)),  # the default (16) would refuse larger image batches
-    }
+    # The default MAX_BATCH_SIZE (16) would refuse larger image batches.
+    env = os.environ | SERVER_ENV | {"MAX_BATCH_SIZE": str(max(16, batch))}
     server = spawn(["-m", "bench.overhead", "--serve", str(port)] + ([] if settle else ["--no-settle"]), env)
     try:
         with tempfile.TemporaryDirectory() as photos:
