@@ -87,6 +87,13 @@ class Metrics:
         self.oom = Counter(
             "clip_oom_events", "Out-of-accelerator-memory errors caught (each one splits or fails a batch)", registry=r
         )
+        # Every series of a known label exists from the start at 0, so that rates and alerts see it before
+        # its first event (Prometheus' advice: a series that appears later hides its first increase).
+        for kind in ("image", "text"):
+            for counter in (self.embeddings, self.cache_hits, self.cache_misses):
+                counter.labels(kind)
+        for reason in ("cancelled", "deadline"):
+            self.dropped_items.labels(reason)
 
     # The engine's QueueObserver.
     def dispatched(self, queue: str, waits_s: list[float]) -> None:
