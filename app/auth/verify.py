@@ -33,6 +33,8 @@ _SIGNATURE_RE = re.compile(r"\s*[0-9A-Fa-f]{64}\s*")
 # Every failure looks the same to the caller; the reason goes to the log only.
 UNAUTHORIZED_MESSAGE = "missing or invalid request signature"
 LEGACY_UNAUTHORIZED_MESSAGE = "missing or invalid signature"
+# What an OpenAI client that sent a wrong key reads (it never signs): the same for every bearer refusal.
+API_KEY_UNAUTHORIZED_MESSAGE = "missing or invalid API key or request signature"
 _NO_KEY_SIGNS = "no EMBEDDING_HMAC_SECRET key signs this request"
 # The key id of requests accepted unsigned (ALLOW_INSECURE_AUTH=1): they share one rate limit.
 UNSIGNED = "unsigned"
@@ -153,7 +155,7 @@ class RequestVerifier:
         key_id = self._api_keys.match(token)
         if key_id is None:
             reason = "unknown API key" if self._api_keys else "an API key was sent, but API_KEYS is not set"
-            _Attempt(request_id).refuse(f"Authorization: Bearer: {reason}")
+            _Attempt(request_id, API_KEY_UNAUTHORIZED_MESSAGE).refuse(f"Authorization: Bearer: {reason}")
         return Verified(key_id, None, request_id)
 
     def refuse_api_key(self, request_id: str | None) -> None:
