@@ -194,12 +194,6 @@ class RequestVerifier:
                 "reused X-Nonce: a request with this nonce was already accepted (a replay?)"
             )
 
-    async def verify(self, method: str, path: str, payload_id: str, headers: AuthHeaders, items: int = 0) -> str:
-        """Check the signature, then admit the request; return the signing key's id."""
-        verified = self.check(method, path, payload_id, headers)
-        await self.admit(verified, items)
-        return verified.key_id
-
     def verify_legacy(
         self, image_url: str, timestamp: object, signature: object, request_id: str | None = None
     ) -> None:
