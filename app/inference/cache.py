@@ -82,10 +82,11 @@ class TieredCache:
         """Return the shared store's vector for `key`, keeping a copy in this process."""
         if self.shared is None:
             return None
-        future: asyncio.Future[np.ndarray | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray | None] = loop.create_future()
         self._reads.append((key, future))
         if len(self._reads) == 1:
-            asyncio.get_running_loop().call_soon(self._start, self._read_batch)
+            loop.call_soon(self._start, self._read_batch)
         vector = await future
         if vector is not None and self.local is not None:
             self.local.put(key, vector)

@@ -98,13 +98,15 @@ class RedisGate:
         timeout_s: float,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
-        if rate is not None and rate <= 0:
-            raise ValueError(f"the rate limit must be above 0 items/s, not {rate}")
         self.rate = rate
-        # One second of the rate unless told otherwise.
-        self.burst = (burst if burst is not None else max(1, round(rate))) if rate is not None else 0
-        if rate is not None and self.burst < 1:
-            raise ValueError(f"the rate-limit burst must be at least 1 item, not {self.burst}")
+        self.burst = 0
+        if rate is not None:
+            if rate <= 0:
+                raise ValueError(f"the rate limit must be above 0 items/s, not {rate}")
+            # One second of the rate unless told otherwise.
+            self.burst = burst if burst is not None else max(1, round(rate))
+            if self.burst < 1:
+                raise ValueError(f"the rate-limit burst must be at least 1 item, not {self.burst}")
         self._timeout_s = timeout_s
         self._prefix = prefix
         self._script = client.register_script(GATE_SCRIPT)
