@@ -18,7 +18,7 @@ DOCS = sorted(
     + list((ROOT / "docs").glob("*.md"))
     if p.exists()
 )
-_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # links and images
 _FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 
 
