@@ -6,6 +6,7 @@ ServiceError                 base; `code` is the stable machine-readable name in
 ├── InvalidUrl               invalid_url      not http(s), malformed, credentials, bad port
 ├── UrlNotAllowed            url_not_allowed  resolves to a non-public address or unlisted host
 ├── DownloadFailed           download_failed  connection error or non-2xx answer
+│   └── DownloadRefused      download_failed  the image server answered 4xx: the URL is the caller's to fix
 ├── DownloadTimeout          download_timeout the download outlived its budget
 ├── ImageTooLarge            image_too_large  too many bytes or too many pixels
 ├── InvalidImage             invalid_image    not a decodable image of an allowed format
@@ -51,6 +52,10 @@ class UrlNotAllowed(ServiceError):
 
 class DownloadFailed(ServiceError):
     code = ErrorCode.DOWNLOAD_FAILED
+
+
+class DownloadRefused(DownloadFailed):
+    """The image server refused the URL (404, 403...): retrying cannot help, so it is not answered as a gateway fault."""
 
 
 class DownloadTimeout(ServiceError):

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from app.api.batches import router as batches_router
 from app.api.body import with_request_schemas
 from app.api.errors import install_error_handlers
+from app.api.index import router as index_router
 from app.api.limits import BodyLimitMiddleware
 from app.api.observe import ObserveMiddleware
 from app.api.openai import router as openai_router
@@ -160,6 +161,7 @@ def create_app(
     app.include_router(batches_router)
     app.include_router(openai_router)
     app.include_router(ops_router)
+    app.include_router(index_router)
     app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer
     with_request_schemas(app, SIGNED_BODIES)
     return app

@@ -171,7 +171,7 @@ class EmbeddingPipeline:
             _raise_unexpected(computed)
         vectors = iter(computed)
         results: list[ItemResult] = [next(vectors) if isinstance(p, _Prepared) else p for p in prepared]  # type: ignore[misc]
-        self._count_outcomes("image", results)
+        self._count_vectors("image", results)
         return results
 
     async def embed_text(self, text: str) -> np.ndarray:
@@ -191,7 +191,7 @@ class EmbeddingPipeline:
             )
             _raise_unexpected(outcomes)
         results: list[ItemResult] = list(outcomes)  # type: ignore[arg-type]
-        self._count_outcomes("text", results)
+        self._count_vectors("text", results)
         return results
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -218,12 +218,9 @@ class EmbeddingPipeline:
                 self._cache.put(key, vector)
         return vector
 
-    def _count_outcomes(self, kind: str, results: Sequence[ItemResult]) -> None:
-        for result in results:
-            if isinstance(result, ServiceError):
-                self._metrics.errors.labels(result.code).inc()
-            else:
-                self._metrics.embeddings.labels(kind).inc()
+    def _count_vectors(self, kind: str, results: Sequence[ItemResult]) -> None:
+        # Failed items are counted by the request that answers them (app.api.observe), once each.
+        self._metrics.embeddings.labels(kind).inc(sum(1 for r in results if not isinstance(r, ServiceError)))
 
     async def _tokenize(self, text: str) -> torch.Tensor:
         if len(text) <= INLINE_TOKENIZE_CHARS:

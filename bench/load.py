@@ -4,8 +4,13 @@ Each client loops: one request of B image URLs (from a local static server over 
 B texts, waits for the answer, repeats until the duration is over. 127.0.0.1 only.
 Prints items/s, p50/p99 request latency and errors; --json prints one JSON object.
 
+A sweep: `-c` and `-b` take comma-separated values (`-c 1,4,16 -b 1,16`): one load per pair, one after
+the other, a table row each (--json: a list); `--plot PATH` draws items/s and p50 against the clients
+(one line per batch size), or against the batch size when the clients are one value.
+
 Usage: EMBEDDING_HMAC_SECRET=... python -m bench.load --server http://127.0.0.1:8000 \
            --kind image -c 16 -b 1 --duration 30 [--photos ../shared/photos --glob '*-1mp.jpg']
+       python -m bench.load --kind text -c 1,4,16,64 --duration 10 --plot captions.png
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import os
 import statistics
 import subprocess
 import time
+import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,6 +33,7 @@ import uvloop
 from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
 
 from bench import static
+from bench.plot import Panel, machine_note, sweep_figure
 from scripts.procs import free_port, stop
 
 CAPTIONS = [
@@ -111,12 +119,49 @@ async def run_load(
     }
 
 
+def sweep_panels(results: list[dict]) -> tuple[str, tuple[Panel, Panel]]:
+    """Return the x axis (clients, or the batch size when the clients are one value) and the plot's panels:
+    items/s and p50 against it, one line per value of the other."""
+    by_clients = len({r["clients"] for r in results}) > 1
+    x_key, line_key, line_label = ("clients", "batch", "B") if by_clients else ("batch", "clients", "C")
+    unit = "images" if results[0]["kind"] == "image" else "texts"
+    rate, p50 = Panel(f"{unit}/s"), Panel("p50 ms")
+    for r in results:
+        name = f"{line_label}={r[line_key]}" if unit == "images" else "one text per request"
+        rate.add(name, r[x_key], r["items_per_s"])
+        p50.add(name, r[x_key], r["p50_ms"])
+    return ("clients" if by_clients else f"{unit} per request"), (rate, p50)
+
+
+def describe_server(server: str) -> str:
+    """Name the model and device a server reports on /health, for a plot's title (the URL if it says none)."""
+    try:
+        with urllib.request.urlopen(f"{server}/health", timeout=10) as resp:
+            health = json.loads(resp.read())
+    except (OSError, ValueError):
+        return server
+    weights = " (random weights)" if health.get("random_weights") else ""
+    return f"{health.get('model', '?')}{weights} on {health.get('device', '?')}"
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, not {text!r}") from None
+    if not values or not all(1 <= v <= 256 for v in values):
+        raise argparse.ArgumentTypeError(f"each value must be 1..256, not {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="http://127.0.0.1:8000")
     parser.add_argument("--kind", choices=["image", "text"], default="image")
-    parser.add_argument("-c", "--clients", type=int, default=16)
-    parser.add_argument("-b", "--batch", type=int, default=1)
+    parser.add_argument("-c", "--clients", type=_counts, default=[16], help="clients, or a sweep: 1,4,16")
+    parser.add_argument(
+        "-b", "--batch", type=_counts, default=[1], help="images per request (texts: always 1), or a sweep: 1,16"
+    )
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--photos", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "photos"))
     parser.add_argument("--glob", default="*-1mp.jpg")
@@ -124,12 +169,16 @@ def main() -> None:
         "--static-servers", type=int, default=1, help="static server processes (bench.static) to spread URLs over"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="with a sweep: also draw items/s and p50 into this PNG")
     args = parser.parse_args()
     secret = os.environ.get("EMBEDDING_HMAC_SECRET", "").split(",")[0]
     if not secret:
         raise SystemExit("set EMBEDDING_HMAC_SECRET to the server's secret")
-    if not 1 <= args.clients <= 256 or not 1 <= args.duration <= 3600:
-        raise SystemExit("clients must be 1..256 and duration 1..3600 s")
+    if not 1 <= args.duration <= 3600:
+        raise SystemExit("duration must be 1..3600 s")
+    points = [(c, b) for c in args.clients for b in args.batch]
+    if args.plot and len(points) < 2:
+        raise SystemExit("--plot draws a sweep: give -c or -b several values")
 
     urls: list[str] = []
     procs: list[subprocess.Popen[bytes]] = []
@@ -143,14 +192,26 @@ def main() -> None:
                 procs.append(static.start(args.photos, args.glob, port))
             urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
         # uvloop, as the server runs on: the generator shares the cores with the server, so it should cost little.
-        result = uvloop.run(run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret))
+        results = [uvloop.run(run_load(args.server, args.kind, c, b, args.duration, urls, secret)) for c, b in points]
     finally:
         stop(*procs)
+    if len(results) == 1:
+        print(json.dumps(results[0]) if args.json else "\n".join(f"{k:12s} {v}" for k, v in results[0].items()))
+        return
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(results))
     else:
-        for key, value in result.items():
-            print(f"{key:12s} {value}")
+        print(f"{'clients':>7s} {'batch':>5s} {'items/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} errors")
+        for r in results:
+            print(
+                f"{r['clients']:7d} {r['batch']:5d} {r['items_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f}"
+                f" {sum(r['errors'].values())}"
+            )
+    if args.plot:
+        xlabel, panels = sweep_panels(results)
+        title = f"bench.load: {'images' if args.kind == 'image' else 'captions'}, {describe_server(args.server)}"
+        note = f"{args.duration:g} s per point, one after the other; {machine_note()}"
+        print(f"plot: {sweep_figure(args.plot, title, xlabel, panels, note, log_x=True)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ process) against the same app as a Serve deployment behind Serve's proxy, on a l
 Figures go to bench/README.md. 127.0.0.1 only; do not run it beside other heavy work (the machine's
 cores are shared by every process measured).
 
-Usage: python -m bench.ray_overhead [--duration 8]
+`--plot PATH` also draws the caption sweep (items/s and p50 against clients, plain and Serve) into a PNG.
+
+Usage: python -m bench.ray_overhead [--duration 8] [--plot ray.png]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.overhead import SERVER_ENV, tiny_photos
+from bench.plot import Panel, machine_note, sweep_figure
 from scripts.procs import free_port, spawn, stop, wait_healthy
 
 APP_ENV = SERVER_ENV | {"HF_HUB_OFFLINE": "1"}
@@ -55,6 +58,19 @@ def plain_server() -> Iterator[str]:
         stop(server)
 
 
+Row = tuple[str, str, int, dict[str, float]]
+
+
+def sweep_panels(rows: list[Row], kind: str = "text") -> tuple[Panel, Panel]:
+    """Return the plot's panels: items/s and p50 against clients for `kind`, one line per arm."""
+    rate, p50 = Panel(f"{kind}s/s"), Panel("p50 ms")
+    for arm, row_kind, clients, figures in rows:
+        if row_kind == kind:
+            rate.add(arm, clients, figures["items_per_s"])
+            p50.add(arm, clients, figures["p50_ms"])
+    return rate, p50
+
+
 def _stand_in(settings: object) -> object:
     from bench.overhead import StandIn
 
@@ -64,12 +80,13 @@ def _stand_in(settings: object) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--plot", type=Path, help="also draw the caption sweep into this PNG")
     args = parser.parse_args()
     if not 1 <= args.duration <= 120:
         raise SystemExit("duration must be 1..120 s")
     from tests.support.ray_serve import deploy, local_cluster
 
-    rows: list[tuple[str, str, int, dict[str, float]]] = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as photos, tempfile.TemporaryDirectory() as ray_dir:
         tiny_photos(photos)
         with plain_server() as base:
@@ -86,6 +103,10 @@ def main() -> None:
         print(
             f"{arm:22s} {kind:6s} {clients:7d} {r['items_per_s']:8.0f} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f} {r['errors']:.0f}"
         )
+    if args.plot:
+        title = "bench.ray_overhead: captions, stand-in model, plain server and Ray Serve"
+        note = f"{args.duration:g} s per load; {machine_note()}"
+        print(f"plot: {sweep_figure(args.plot, title, 'clients', sweep_panels(rows), note, log_x=True)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import orjson
 from fastapi.responses import Response
 
 from app.api.errors import error_body
+from app.api.observe import RequestRecord
 from app.errors import InvalidRequest, ServiceError
 from app.inference.model import ModelInfo
 from app.schemas import ErrorResponse
@@ -42,8 +43,14 @@ def text_error(text: str, limit: int) -> InvalidRequest | None:
     return None
 
 
-def batch_response(outcomes: Sequence[ItemOutcome], info: ModelInfo) -> Response:
-    """Answer a batch: one result per item in input order, each a vector or its error."""
+def note_failed_items(record: RequestRecord, outcomes: Sequence[ItemOutcome]) -> None:
+    """Tell the request's log line and metrics the code of each failed item."""
+    record.failed_items.extend(o.code for o in outcomes if isinstance(o, ServiceError))
+
+
+def batch_response(outcomes: Sequence[ItemOutcome], info: ModelInfo, record: RequestRecord) -> Response:
+    """Answer a batch: one result per item in input order, each a vector or its error (counted once)."""
+    note_failed_items(record, outcomes)
     results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
     succeeded = sum(1 for r in results if r["error"] is None)
     return json_response(

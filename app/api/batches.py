@@ -39,7 +39,7 @@ async def embed_text_batch(call: EmbedCallDep) -> Response:
     check_batch_size("texts", "texts", len(body.texts), settings.max_batch_size)
     await call.admit(len(body.texts))
     items = [text_error(text, settings.max_text_chars) or text for text in body.texts]
-    return batch_response(await run_items(items, call.pipeline.embed_texts), call.info)
+    return batch_response(await run_items(items, call.pipeline.embed_texts), call.info, call.record)
 
 
 @router.post(UPLOAD_PATH, response_model=BatchResponse, responses=ERRORS, openapi_extra=signed_upload_operation())
@@ -51,7 +51,7 @@ async def embed_image_upload(call: EmbedCallDep) -> Response:
     await call.admit(len(parts))
     limit = settings.max_image_size_bytes
     items = [ImageTooLarge(f"image is {len(p)} bytes, over {limit}") if len(p) > limit else p for p in parts]
-    return batch_response(await run_items(items, call.pipeline.embed_images), call.info)
+    return batch_response(await run_items(items, call.pipeline.embed_images), call.info, call.record)
 
 
 async def run_items(

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.ImageTooLarge: 413,
     errors.RequestTooLarge: 413,
     errors.DownloadFailed: 502,
+    errors.DownloadRefused: 422,
     errors.DownloadTimeout: 504,
     errors.Overloaded: 503,
     errors.RateLimited: 429,

@@ -14,9 +14,10 @@ from clip_client.signing import EMBEDDINGS_PATH, body_payload_id
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.answers import ERRORS, check_batch_size, json_response, text_error
+from app.api.answers import ERRORS, check_batch_size, json_response, note_failed_items, text_error
 from app.api.body import signed_json_operation
 from app.api.deps import OpenAICallDep
+from app.api.observe import RequestRecord
 from app.errors import InvalidRequest, ServiceError
 from app.inference.model import ModelInfo
 from app.pipeline import EmbeddingPipeline, ItemResult
@@ -43,10 +44,10 @@ async def embeddings(call: OpenAICallDep) -> Response:
     check_batch_size("input", "items", len(inputs), settings.max_batch_size)
     await call.admit(len(inputs))
     if body.modality == "image":
-        vectors = _all_or_nothing(await call.pipeline.embed_images(inputs))
+        vectors = _all_or_nothing(await call.pipeline.embed_images(inputs), call.record)
         tokens = len(inputs)  # one per image (docs/api.md)
     else:
-        vectors, tokens = await _embed_texts(call.pipeline, inputs, settings.max_text_chars)
+        vectors, tokens = await _embed_texts(call.pipeline, inputs, settings.max_text_chars, call.record)
     encode = _base64 if body.encoding_format == "base64" else _floats
     data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
@@ -63,21 +64,27 @@ def _check_model(body: OpenAIEmbeddingsRequest, info: ModelInfo, alias: str | No
         raise InvalidRequest(f"dimensions={body.dimensions} is not offered: {info.model} gives {info.dim}")
 
 
-async def _embed_texts(pipeline: EmbeddingPipeline, texts: list[str], limit: int) -> tuple[list[np.ndarray], int]:
+async def _embed_texts(
+    pipeline: EmbeddingPipeline, texts: list[str], limit: int, record: RequestRecord
+) -> tuple[list[np.ndarray], int]:
     """Return the texts' vectors and how many tokens they make; the first bad text fails them all."""
     for index, text in enumerate(texts):
         error = text_error(text, limit)
         if error is not None:
             raise _at(index, error)
-    vectors = _all_or_nothing(await pipeline.embed_texts(texts))
+    vectors = _all_or_nothing(await pipeline.embed_texts(texts), record)
     return vectors, sum(await pipeline.count_tokens(texts))
 
 
-def _all_or_nothing(outcomes: Sequence[ItemResult]) -> list[np.ndarray]:
-    """Return every vector, or raise the first item's error with its index."""
-    for index, outcome in enumerate(outcomes):
-        if isinstance(outcome, ServiceError):
-            raise _at(index, outcome)
+def _all_or_nothing(outcomes: Sequence[ItemResult], record: RequestRecord) -> list[np.ndarray]:
+    """Return every vector, or raise the first item's error with its index.
+
+    The raised error is counted as the request's; the other failed items are noted beside it.
+    """
+    failed = [(index, o) for index, o in enumerate(outcomes) if isinstance(o, ServiceError)]
+    if failed:
+        note_failed_items(record, [error for _, error in failed[1:]])
+        raise _at(*failed[0])
     return [outcome for outcome in outcomes if isinstance(outcome, np.ndarray)]
 
 

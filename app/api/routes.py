@@ -105,7 +105,7 @@ async def embed_image_batch(call: EmbedCallDep) -> Response:
     call.verify(batch_payload_id(body.image_urls))
     check_batch_size("image_urls", "URLs", len(body.image_urls), call.services.settings.max_batch_size)
     await call.admit(len(body.image_urls))
-    return batch_response(await call.pipeline.embed_images(body.image_urls), call.info)
+    return batch_response(await call.pipeline.embed_images(body.image_urls), call.info, call.record)
 
 
 @router.post(

@@ -6,7 +6,7 @@ ClipClientError                 base of everything below
 ├── ClipRequestError            (server's code)   the server refused this request; never retried
 │   ├── ClipAuthError           unauthorized      bad signature, wrong secret, stale clock, bad API key
 │   ├── ClipInvalidRequestError invalid_request   422/413/other 4xx: bad URL, bad image, too large ...
-│   └── ClipImageFetchError     download_failed   the service could not fetch the image (its JSON 502/504)
+│   └── ClipImageFetchError     download_failed   the service could not fetch the image (its JSON 422/502/504)
 ├── ClipServerError             server_error      500, an unexpected status, or an answer that is not ours
 └── ClipUnavailableError        unavailable       still failing after every retry (connection, 429, 502-504)
     └── ClipTimeoutError        timeout           ... and the last attempt timed out

@@ -154,7 +154,29 @@ def test_openai_failing_image_fails_the_request_naming_its_index(keyed, image_se
     inputs = [image_server.url("img/photo1.jpg"), image_server.url("status/404")]
     status, answer = bearer(keyed, {"model": "clip-tiny", "input": inputs, "modality": "image"})
     error = {"code": "download_failed", "message": "input[1]: image server answered HTTP 404"}
-    assert (status, answer) == (502, {"error": error})
+    assert (status, answer) == (422, {"error": error})
+
+
+def test_openai_sdk_missing_image_is_fetched_once_and_not_retried(keyed, image_server):
+    # The SDK's default max_retries (2) retries every 5xx: a 404 image answered 502 was fetched 3 times.
+    client = openai.OpenAI(base_url=f"{keyed.base}/v1", api_key=KEY, timeout=60)
+    url = image_server.url("img/sdk-missing.jpg")
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.embeddings.create(model="clip-tiny", input=[url], extra_body={"modality": "image"})
+    assert caught.value.status_code == 422
+    assert caught.value.body == {"code": "download_failed", "message": "input[0]: image server answered HTTP 404"}
+    assert image_server.count("/img/sdk-missing.jpg") == 1
+
+
+def test_openai_sdk_retries_an_image_host_5xx(keyed, image_server):
+    client = openai.OpenAI(base_url=f"{keyed.base}/v1", api_key=KEY, timeout=60, max_retries=1)
+    fetches = image_server.count("/status/502")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.embeddings.create(
+            model="clip-tiny", input=[image_server.url("status/502")], extra_body={"modality": "image"}
+        )
+    assert caught.value.status_code == 502
+    assert image_server.count("/status/502") == fetches + 2
 
 
 @pytest.mark.parametrize("header", ["Bearer sk-wrong", "Bearer ", "Basic abc", "Bearer " + KEY + "x", "Bearer é"])

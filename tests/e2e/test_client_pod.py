@@ -85,13 +85,16 @@ async def test_client_422_raised_at_once(service):
     assert len(sent.requests) == 1 and sleeps.delays == []
 
 
-async def test_client_image_host_failure_not_retried(service, image_server):
+@pytest.mark.parametrize(("path", "status"), [("img/client-missing.jpg", 422), ("status/503", 502)])
+async def test_client_image_host_failure_not_retried(service, image_server, path, status):
     client, sleeps, sent = make_client(service.base)
+    fetches = image_server.count(f"/{path}")
     async with client:
         with pytest.raises(ClipImageFetchError) as caught:
-            await client.embed_image(image_server.url("img/missing.jpg"))
-    assert caught.value.status == 502 and caught.value.code == "download_failed"
+            await client.embed_image(image_server.url(path))
+    assert caught.value.status == status and caught.value.code == "download_failed"
     assert len(sent.requests) == 1 and sleeps.delays == []
+    assert image_server.count(f"/{path}") == fetches + 1
 
 
 FAILURES = {
