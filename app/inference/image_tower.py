@@ -99,18 +99,18 @@ class ImageTower:
 
     def start(self, payloads: Sequence[ImagePayload]) -> PendingVectors:
         """Assemble the batch, run the forward pass, and start bringing the vectors back."""
-        assembled = self._batcher.assemble(payloads)
-        vectors = None
-        if assembled.pixels is not None:
-            batch = assembled.pixels
-            n = batch.shape[0]
-            padded = self._padded_size(n)
-            with torch.inference_mode():
+        with torch.inference_mode():
+            assembled = self._batcher.assemble(payloads)
+            vectors = None
+            if assembled.pixels is not None:
+                batch = assembled.pixels
+                n = batch.shape[0]
+                padded = self._padded_size(n)
                 if padded > n:
                     batch = torch.cat([batch, batch.new_zeros((padded - n, *batch.shape[1:]))])
                 features = self._forward(batch.to(self._dtype))[:n]
                 vectors = F.normalize(features.float(), dim=-1)
-        return start_readback(vectors, assembled.failures, len(payloads), blocking=self.options.blocking_wait)
+            return start_readback(vectors, assembled.failures, len(payloads), blocking=self.options.blocking_wait)
 
     def warm_up(self) -> None:
         """Run each kind of payload once, so that kernels (and the decoder) load before the first request."""

@@ -77,7 +77,7 @@ class TensorPreprocess:
         for index, image in enumerate(images):
             groups[tuple(image.shape)].append(index)
         for indices in groups.values():
-            pixels = self._resized(torch.stack([images[i] for i in indices]))
+            pixels = self._resized(_stacked([images[i] for i in indices]))
             rows = self._normalised(pixels)
             if len(indices) == len(images):
                 return rows
@@ -102,3 +102,16 @@ class TensorPreprocess:
                 np.take(self._table[channel], source[:, channel], out=rows[:, channel], mode="clip")
             return torch.from_numpy(rows)
         return self._flat[pixels.int() + self._offsets]
+
+
+def _stacked(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stack 3 × h × w images into N × 3 × h × w without reordering their bytes.
+
+    Pixels uploaded from height × width × 3 arrays are channels-last views: stacked as such (a plain copy,
+    none for one image) they stay channels-last, which the resize kernels take as they are.
+    """
+    if len(images) == 1:
+        return images[0].unsqueeze(0)
+    if all(image.is_contiguous() for image in images):
+        return torch.stack(images)
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
