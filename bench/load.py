@@ -1,7 +1,8 @@
 """A bounded load generator: C concurrent clients sending signed requests for a fixed time.
 
-Each client loops: one request of B image URLs (from a local static server over a photo folder) or
-B texts, waits for the answer, repeats until the duration is over. 127.0.0.1 only.
+Each client loops: one request of B image URLs (from a local static server over a photo folder), B
+uploaded photos (`--upload`: multipart, no download in the way) or B texts, waits for the answer,
+repeats until the duration is over. 127.0.0.1 only.
 Prints items/s, p50/p99 request latency and errors; --json prints one JSON object.
 
 Usage: EMBEDDING_HMAC_SECRET=... python -m bench.load --server http://127.0.0.1:8000 \
@@ -15,6 +16,7 @@ import asyncio
 import glob
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import time
@@ -23,7 +25,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 import uvloop
-from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
+from clip_client.signing import (
+    UPLOAD_PATH,
+    batch_payload_id,
+    image_payload_id,
+    new_nonce,
+    signed_headers,
+    text_payload_id,
+    upload_payload_id,
+)
 
 from bench import static
 from scripts.procs import free_port, stop
@@ -38,6 +48,30 @@ CAPTIONS = [
 ]
 
 
+BOUNDARY = "bench-load-boundary-7e1f"
+
+
+class Uploads:
+    """Multipart bodies of B photos each, built once: sending them costs the load generator little."""
+
+    def __init__(self, photos: list[bytes], batch: int) -> None:
+        self._bodies = []
+        for n in range(len(photos)):
+            parts = [photos[(n * batch + i) % len(photos)] for i in range(batch)]
+            body = b"".join(
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p{i}.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n".encode()
+                + part
+                + b"\r\n"
+                for i, part in enumerate(parts)
+            )
+            self._bodies.append((body + f"--{BOUNDARY}--\r\n".encode(), upload_payload_id(parts)))
+
+    def request(self, n: int) -> tuple[bytes, str]:
+        """Return the n-th request's body and payload id."""
+        return self._bodies[n % len(self._bodies)]
+
+
 def _request(kind: str, batch: int, urls: list[str], n: int) -> tuple[str, dict, str]:
     if kind == "text":
         text = f"{CAPTIONS[n % len(CAPTIONS)]} {n}"
@@ -50,7 +84,14 @@ def _request(kind: str, batch: int, urls: list[str], n: int) -> tuple[str, dict,
 
 
 async def run_load(
-    server: str, kind: str, clients: int, batch: int, duration: float, urls: list[str], secret: str
+    server: str,
+    kind: str,
+    clients: int,
+    batch: int,
+    duration: float,
+    urls: list[str],
+    secret: str,
+    uploads: Uploads | None = None,
 ) -> dict:
     host = urlsplit(server).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -65,13 +106,18 @@ async def run_load(
         nonlocal items, counter
         while time.perf_counter() < deadline:
             counter += 1
-            path, body, payload = _request(kind, batch, urls, counter)
+            if uploads is not None:
+                path, (data, payload) = UPLOAD_PATH, uploads.request(counter)
+                content_type = f"multipart/form-data; boundary={BOUNDARY}"
+            else:
+                path, body, payload = _request(kind, batch, urls, counter)
+                # orjson: the load generator shares the cores with the server, so it should cost little.
+                data, content_type = orjson.dumps(body), "application/json"
             headers = signed_headers(secret, "POST", path, payload, nonce=new_nonce())
+            headers["Content-Type"] = content_type
             started = time.perf_counter()
             try:
-                # orjson: the load generator shares the cores with the server, so it should cost little.
-                headers["Content-Type"] = "application/json"
-                async with session.post(server + path, data=orjson.dumps(body), headers=headers) as resp:
+                async with session.post(server + path, data=data, headers=headers) as resp:
                     answer = orjson.loads(await resp.read())
                     if resp.status != 200:
                         code = f"{resp.status} {answer.get('error', {}).get('code')}"
@@ -123,6 +169,7 @@ def main() -> None:
     parser.add_argument(
         "--static-servers", type=int, default=1, help="static server processes (bench.static) to spread URLs over"
     )
+    parser.add_argument("--upload", action="store_true", help="send the photos as multipart uploads, not URLs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     secret = os.environ.get("EMBEDDING_HMAC_SECRET", "").split(",")[0]
@@ -132,9 +179,15 @@ def main() -> None:
         raise SystemExit("clients must be 1..256 and duration 1..3600 s")
 
     urls: list[str] = []
+    uploads = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        if args.kind == "image":
+        if args.kind == "image" and args.upload:
+            files = sorted(glob.glob(os.path.join(args.photos, args.glob)))
+            if not files:
+                raise SystemExit(f"no photos match {args.glob} in {args.photos}")
+            uploads = Uploads([pathlib.Path(f).read_bytes() for f in files], args.batch)
+        elif args.kind == "image":
             files = sorted(glob.glob(os.path.join(args.photos, args.glob)))
             if not files:
                 raise SystemExit(f"no photos match {args.glob} in {args.photos}")
@@ -143,7 +196,9 @@ def main() -> None:
                 procs.append(static.start(args.photos, args.glob, port))
             urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
         # uvloop, as the server runs on: the generator shares the cores with the server, so it should cost little.
-        result = uvloop.run(run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret))
+        result = uvloop.run(
+            run_load(args.server, args.kind, args.clients, args.batch, args.duration, urls, secret, uploads)
+        )
     finally:
         stop(*procs)
     if args.json:
