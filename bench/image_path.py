@@ -106,18 +106,15 @@ class Paths:
         self._model, self._device, self._dtype = model, device, dtype
         self._variants: dict[str, ClipEmbedder] = {}
 
-    def variant(self, name: str, **options: object) -> ClipEmbedder:
-        if name not in self._variants:
-            embedder = ClipEmbedder(
-                self._model,
-                "none",
-                self._device,
-                precision=self._dtype,
-                images=ImageOptions(max_pixels=MAX_PIXELS, **options),  # type: ignore[arg-type]
-            )
+    def variant(self, preprocess: str, jpeg_decode: str = "pool") -> ClipEmbedder:
+        """The same weights behind IMAGE_PREPROCESS, JPEG_DECODE and CUDA_BLOCKING_WAIT=1 (which moves no vector)."""
+        key = f"{preprocess}/{jpeg_decode}"
+        if key not in self._variants:
+            options = ImageOptions(preprocess, jpeg_decode, blocking_wait=True, max_pixels=MAX_PIXELS)  # type: ignore[arg-type]
+            embedder = ClipEmbedder(self._model, "none", self._device, precision=self._dtype, images=options)
             embedder.model.load_state_dict(self.plain.model.state_dict())
-            self._variants[name] = embedder
-        return self._variants[name]
+            self._variants[key] = embedder
+        return self._variants[key]
 
     def reference(self, datas: list[bytes]) -> np.ndarray:
         """open_clip's own vectors: its PIL transform on the upright picture, the fp32 forward on the CPU."""
@@ -205,21 +202,27 @@ def engine_batches(paths: Paths, sets: dict[str, list[bytes]], batch: int, secon
     draft = paths.size
     for name, datas in sets.items():
         pictures = [decode_image(d, max_pixels=MAX_PIXELS, draft_size=draft) for d in datas]
-        cases: dict[str, tuple[ClipEmbedder, list[ImagePayload]]] = {
-            "pil (today)": (paths.plain, [paths.plain.preprocess(p) for p in pictures]),
-        }
-        blocking = paths.variant("pil-uint8 blocking", preprocess="pil-uint8", blocking_wait=True)
-        cases["pil-uint8 + blocking wait"] = (blocking, [blocking.preprocess(p) for p in pictures])
-        tensor = paths.variant("tensor blocking", preprocess="tensor", blocking_wait=True)
-        cases["tensor (pool decode)"] = (tensor, [DecodedImage(np.asarray(p)) for p in pictures])
-        engine = paths.variant("engine", preprocess="tensor", jpeg_decode="engine", blocking_wait=True)
-        cases["engine decode"] = (engine, [e for d in datas if (e := engine_jpeg(d, max_pixels=MAX_PIXELS))])
-        for label, (embedder, payloads) in cases.items():
+        today = [paths.plain.preprocess(p) for p in pictures]
+        uint8, tensor, engine = paths.variant("pil-uint8"), paths.variant("tensor"), paths.variant("tensor", "engine")
+        # (label, model, payloads, torch threads: 0 for the process's)
+        cases: list[tuple[str, ClipEmbedder, list[ImagePayload], int]] = [
+            ("pil (today)", paths.plain, today, 0),
+            ("pil (today), 1 torch thread", paths.plain, today, 1),
+            ("pil-uint8 + blocking wait", uint8, [uint8.preprocess(p) for p in pictures], 0),
+            ("tensor (pool decode)", tensor, [DecodedImage(np.asarray(p)) for p in pictures], 0),
+            ("engine decode", engine, [e for d in datas if (e := engine_jpeg(d, max_pixels=MAX_PIXELS))], 0),
+        ]
+        threads = torch.get_num_threads()
+        for label, embedder, payloads, count in cases:
             work = (payloads * (batch // max(1, len(payloads)) + 1))[:batch]
-            one, one_cpu = timed(lambda e=embedder, w=work: e.encode_images(w), batch, seconds, lambda: None)
-            over, over_cpu = overlapped(embedder, work, seconds)
+            torch.set_num_threads(count or threads)
+            try:
+                one, one_cpu = timed(lambda e=embedder, w=work: e.encode_images(w), batch, seconds, lambda: None)
+                over, over_cpu = overlapped(embedder, work, seconds)
+            finally:
+                torch.set_num_threads(threads)
             print(
-                f"{name:5s} {label:26s} {one:8.0f}/s ({one_cpu:5.0f} µs)   overlapped {over:8.0f}/s ({over_cpu:5.0f} µs)"
+                f"{name:5s} {label:28s} {one:8.0f}/s ({one_cpu:5.0f} µs)   overlapped {over:8.0f}/s ({over_cpu:5.0f} µs)"
             )
 
 
@@ -242,9 +245,9 @@ def parity(paths: Paths, datas: list[bytes]) -> None:
     reference = paths.reference(datas)
     full = [decode_image(d, max_pixels=MAX_PIXELS) for d in datas]
     drafted = [decode_image(d, max_pixels=MAX_PIXELS, draft_size=paths.size) for d in datas]
-    tensor = paths.variant("tensor", preprocess="tensor")
-    uint8 = paths.variant("pil-uint8", preprocess="pil-uint8")
-    engine = paths.variant("engine", preprocess="tensor", jpeg_decode="engine", blocking_wait=True)
+    tensor = paths.variant("tensor")
+    uint8 = paths.variant("pil-uint8")
+    engine = paths.variant("tensor", "engine")
     plain = np.stack(paths.plain.encode_images([paths.plain.preprocess(p) for p in full]))
     vectors = {
         "pil (today, FAST_DECODE=0)": plain,
@@ -265,7 +268,7 @@ def parity(paths: Paths, datas: list[bytes]) -> None:
 
 
 def hostile(paths: Paths, datas: list[bytes], batch: int, rounds: int) -> None:
-    engine = paths.variant("engine", preprocess="tensor", jpeg_decode="engine", blocking_wait=True)
+    engine = paths.variant("tensor", "engine")
     encoded = [e for d in datas if (e := engine_jpeg(d, max_pixels=MAX_PIXELS))]
     good = encoded[0].data
     sos = good.index(b"\xff\xda")
