@@ -43,6 +43,8 @@ CONFIGS = {
     "host": HOST_FIXES,
     "tensor": HOST_FIXES | {"IMAGE_PREPROCESS": "tensor"},
     "gpu": HOST_FIXES | {"IMAGE_PREPROCESS": "tensor", "JPEG_DECODE": "engine"},
+    # torch.compile (CUDA graphs) for every batch size bucket: minutes of start-up, so not in gpu_check's run.
+    "compiled": HOST_FIXES | {"IMAGE_PREPROCESS": "tensor", "JPEG_DECODE": "engine", "ENGINE_COMPILE": "1"},
 }
 # (label, photo set, uploads?, clients, images per request)
 LOADS = [
@@ -142,7 +144,7 @@ def run_config(name: str, env: dict[str, str], folders: dict[str, str], args: ar
     base = f"http://127.0.0.1:{port}"
     try:
         started = time.monotonic()
-        wait_healthy(base, time.monotonic() + 180, server, log)
+        wait_healthy(base, time.monotonic() + (900 if "ENGINE_COMPILE" in CONFIGS[name] else 180), server, log)
         settings = " ".join(f"{k}={v}" for k, v in CONFIGS[name].items()) or "the defaults"
         print(f"== {name}: {settings} (ready in {time.monotonic() - started:.0f} s)")
         ports = {kind: [free_port() for _ in range(4)] for kind in folders}

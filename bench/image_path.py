@@ -241,30 +241,43 @@ def overlapped(embedder: ClipEmbedder, work: list[ImagePayload], seconds: float)
 
 
 def parity(paths: Paths, datas: list[bytes]) -> None:
-    print(f"== parity with open_clip's PIL transform + fp32 forward ({len(datas)} photos; cosine min / mean)")
+    print(
+        f"== parity with open_clip's PIL transform + fp32 forward, {paths.plain.info.dtype} here ({len(datas)} photos): "
+        "cosine min / mean; the model's input against today's (FAST_DECODE=0), in levels of a byte"
+    )
     reference = paths.reference(datas)
     full = [decode_image(d, max_pixels=MAX_PIXELS) for d in datas]
     drafted = [decode_image(d, max_pixels=MAX_PIXELS, draft_size=paths.size) for d in datas]
-    tensor = paths.variant("tensor")
-    uint8 = paths.variant("pil-uint8")
-    engine = paths.variant("tensor", "engine")
-    plain = np.stack(paths.plain.encode_images([paths.plain.preprocess(p) for p in full]))
-    vectors = {
-        "pil (today, FAST_DECODE=0)": plain,
-        "pil (today, FAST_DECODE=1)": np.stack(paths.plain.encode_images([paths.plain.preprocess(p) for p in drafted])),
-        "tensor (FAST_DECODE=0)": np.stack(tensor.encode_images([tensor.preprocess(p) for p in full])),
-        "tensor (FAST_DECODE=1)": np.stack(tensor.encode_images([tensor.preprocess(p) for p in drafted])),
-        "engine decode": np.stack(
-            engine.encode_images(
-                [engine_jpeg(d, max_pixels=MAX_PIXELS) or DecodedImage(np.asarray(p)) for d, p in zip(datas, full)]
-            )
-        ),
+    tensor, uint8, engine = paths.variant("tensor"), paths.variant("pil-uint8"), paths.variant("tensor", "engine")
+    encoded = [engine_jpeg(d, max_pixels=MAX_PIXELS) or DecodedImage(np.asarray(p)) for d, p in zip(datas, full)]
+    cases: dict[str, tuple[ClipEmbedder, list[ImagePayload]]] = {
+        "pil (today, FAST_DECODE=0)": (paths.plain, [paths.plain.preprocess(p) for p in full]),
+        "pil (today, FAST_DECODE=1)": (paths.plain, [paths.plain.preprocess(p) for p in drafted]),
+        "pil-uint8 (FAST_DECODE=0)": (uint8, [uint8.preprocess(p) for p in full]),
+        "tensor (FAST_DECODE=0)": (tensor, [tensor.preprocess(p) for p in full]),
+        "tensor (FAST_DECODE=1)": (tensor, [tensor.preprocess(p) for p in drafted]),
+        "engine decode": (engine, encoded),
     }
-    identical = np.array_equal(np.stack(uint8.encode_images([uint8.preprocess(p) for p in full])), plain)
-    for label, found in vectors.items():
-        cosines = np.sum(found * reference, axis=1)
-        print(f"{label:28s} {cosines.min():.6f} / {cosines.mean():.6f}")
-    print(f"pil-uint8 bit-identical to pil (today) on this device: {identical}")
+    # One level of a byte, in the normalised input of each channel: 1 / 255 / std.
+    std = torch.tensor(paths.transform.transforms[-1].std, dtype=torch.float32).view(1, 3, 1, 1)
+    base_inputs: torch.Tensor | None = None
+    base_vectors: np.ndarray | None = None
+    for label, (embedder, payloads) in cases.items():
+        vectors = np.stack(embedder.encode_images(payloads))
+        inputs = embedder.image_inputs(payloads)
+        assert inputs is not None
+        levels = inputs.float().cpu() * 255 * std
+        if base_inputs is None:
+            base_inputs, base_vectors = levels, vectors
+        cosines = np.sum(vectors * reference, axis=1)
+        delta = (levels - base_inputs).abs()
+        same = (
+            " (bit-identical vectors)" if np.array_equal(vectors, base_vectors) and label != next(iter(cases)) else ""
+        )
+        print(
+            f"{label:27s} {cosines.min():.7f} / {cosines.mean():.7f} (1 - min {1 - cosines.min():.1e})   input: mean "
+            f"{delta.mean():.3f} levels, {100 * float((delta > 1.01).float().mean()):.2f}% over one level{same}"
+        )
 
 
 def hostile(paths: Paths, datas: list[bytes], batch: int, rounds: int) -> None:

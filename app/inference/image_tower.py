@@ -97,6 +97,11 @@ class ImageTower:
                 return DecodedImage(resized)
         return self._preprocess(image)
 
+    def inputs(self, payloads: Sequence[ImagePayload]) -> torch.Tensor | None:
+        """Return the batch the forward pass would see (float32, on the device): for checking a path's pixels."""
+        with torch.inference_mode():
+            return self._batcher.assemble(payloads).pixels
+
     def start(self, payloads: Sequence[ImagePayload]) -> PendingVectors:
         """Assemble the batch, run the forward pass, and start bringing the vectors back."""
         with torch.inference_mode():

@@ -223,6 +223,10 @@ class ClipEmbedder:
         """Run a batch's forward pass and return while its vectors come back (the engine's overlap)."""
         return self._images.start(pixels)
 
+    def image_inputs(self, pixels: list[ImagePayload]) -> torch.Tensor | None:
+        """Return the batch the image tower would see for these payloads (float32, on the model's device)."""
+        return self._images.inputs(pixels)
+
     def _run_image_tower(self, batch: torch.Tensor) -> torch.Tensor:
         return self._encode_image(batch)  # looked up each time: a compiled tower may replace it
 
