@@ -22,7 +22,7 @@ from app.inference.image_tower import ImageOptions, ImagePathError, ImageTower
 from app.inference.jpeg_batch import JpegBatchDecoder
 from app.inference.jpeg_route import engine_jpeg
 from app.inference.model import CONFIG_DIR, ClipEmbedder, ModelLoadError
-from app.inference.payload import EncodedImage
+from app.inference.payload import DecodedImage, EncodedImage
 from app.inference.preprocess import Preprocess
 from tests.support.api import call
 from tests.support.data import png_rgba_bytes, tiny_settings
@@ -101,6 +101,21 @@ def test_engine_jpeg_decode_matches_open_clip_within_parity(weights, photos, ref
     assert all(isinstance(p, EncodedImage) for p in payloads)
     cosines = _cosines(np.stack(embedder.encode_images(payloads)), reference)
     assert cosines.min() >= PARITY, cosines
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_engine_jpeg_decode_orients_as_the_decode_threads_do(checkpoint, orientation):
+    pytest.importorskip("torchcodec")
+    embedder = _embedder(("clip-tiny", checkpoint), preprocess="tensor", jpeg_decode="engine")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo_jpeg(96, 60, seed=orientation))).save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    data = buf.getvalue()
+    encoded = engine_jpeg(data, max_pixels=MAX_PIXELS)
+    assert encoded is not None and encoded.header.orientation == orientation
+    pool = DecodedImage(np.asarray(decode_image(data, max_pixels=MAX_PIXELS)))
+    assert torch.equal(embedder.image_inputs([encoded]), embedder.image_inputs([pool]))
 
 
 def _corrupt_scan(data: bytes) -> bytes:
