@@ -2,8 +2,9 @@
 JPEG_DECODE and CUDA_BLOCKING_WAIT, what the decode threads hand the engine under them, and one batch's
 forward pass from payloads to vectors.
 
-With IMAGE_PREPROCESS=pil, JPEG_DECODE=pool and CUDA_BLOCKING_WAIT=0 (the defaults) none of this runs:
-ClipEmbedder keeps today's path, and its vectors are bit-identical to it.
+With IMAGE_PREPROCESS=pil, JPEG_DECODE=pool and CUDA_BLOCKING_WAIT=0 (the defaults) ClipEmbedder keeps
+today's path; ENGINE_OVERLAP=1 runs the same float32 batch through `start`. Either way the vectors are
+bit-identical to today's.
 """
 
 from __future__ import annotations

@@ -89,6 +89,12 @@ def test_pil_uint8_path_is_bit_identical_to_the_pil_path(weights, photos):
     assert np.array_equal(uint8, plain)
 
 
+def test_started_batches_give_the_very_vectors_of_todays_path(weights, photos):
+    embedder = _embedder(weights)  # ENGINE_OVERLAP runs the defaults' float32 batches through start_images
+    payloads = [embedder.preprocess(decode_image(d, max_pixels=MAX_PIXELS)) for d in photos]
+    assert np.array_equal(embedder.start_images(payloads).wait(), embedder.encode_images(payloads))
+
+
 def test_tensor_path_matches_open_clip_within_parity(weights, photos, reference):
     cosines = _cosines(_pool_vectors(_embedder(weights, preprocess="tensor"), photos), reference)
     assert cosines.min() >= PARITY, cosines
