@@ -76,7 +76,10 @@ class LegacyHandler:
         draft = self._embedder.info.image_size if s.fast_decode else None
         pixels = self._embedder.preprocess(decode_image(data, max_pixels=s.max_image_pixels, draft_size=draft))
         with self._model_lock:
-            return self._embedder.encode_images([pixels])[0]
+            (row,) = self._embedder.encode_images([pixels])
+        if isinstance(row, Exception):
+            raise row
+        return row
 
     def _fetcher_for_loop(self) -> ImageFetcher:
         """The aiohttp session belongs to one event loop; make a new fetcher if the loop changed."""

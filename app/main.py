@@ -94,6 +94,7 @@ def create_app(
                 max_wait_ms=settings.engine_max_wait_ms,
                 observer=services.metrics,
                 model_thread=model_thread,
+                overlap=settings.engine_overlap,
             )
             engine.start()
             services.engine = engine
@@ -105,6 +106,7 @@ def create_app(
                 cpu_pool,
                 max_pixels=settings.max_image_pixels,
                 fast_decode=settings.fast_decode,
+                jpeg_decode=settings.jpeg_decode,
                 request_timeout_s=settings.request_timeout_s,
                 admission=services.admission,
                 metrics=services.metrics,

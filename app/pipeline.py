@@ -21,7 +21,9 @@ from app.fetch.download import ImageFetcher
 from app.inference.cache import TieredCache, image_key, text_key
 from app.inference.decode import decode_image
 from app.inference.engine import Engine
+from app.inference.jpeg_route import engine_jpeg
 from app.inference.model import Embedder
+from app.inference.payload import ImagePayload
 from app.ops.admission import Admission
 from app.ops.metrics import Metrics
 
@@ -37,10 +39,10 @@ INLINE_HASH_BYTES = 16 * 1024
 
 @dataclass(slots=True)
 class _Prepared:
-    """One downloaded image: its cached vector, or the pixels to compute it from."""
+    """One downloaded image: its cached vector, or what the engine computes it from."""
 
     key: str | None
-    pixels: torch.Tensor | None = None
+    pixels: ImagePayload | None = None
     vector: np.ndarray | None = None
 
 
@@ -56,6 +58,7 @@ class EmbeddingPipeline:
         *,
         max_pixels: int,
         fast_decode: bool,
+        jpeg_decode: str = "pool",
         request_timeout_s: float = 60.0,
         admission: Admission | None = None,
         metrics: Metrics | None = None,
@@ -67,13 +70,18 @@ class EmbeddingPipeline:
         self._pool = cpu_pool
         self._max_pixels = max_pixels
         self._draft_size = embedder.info.image_size if fast_decode else None
+        self._engine_jpeg = jpeg_decode == "engine"
         self._timeout_s = request_timeout_s
         self._admission = admission or Admission(limit=sys.maxsize)
         self._metrics = metrics or Metrics()
         self._cache = cache
 
-    def pixels_from_bytes(self, data: bytes) -> torch.Tensor:
-        """Decode and preprocess one image (blocking; runs on the CPU pool)."""
+    def pixels_from_bytes(self, data: bytes) -> ImagePayload:
+        """Decode and preprocess one image, or check a JPEG for the engine to decode (blocking; runs on the CPU pool)."""
+        if self._engine_jpeg:
+            encoded = engine_jpeg(data, max_pixels=self._max_pixels)
+            if encoded is not None:
+                return encoded
         image = decode_image(data, max_pixels=self._max_pixels, draft_size=self._draft_size)
         return self._embedder.preprocess(image)
 
@@ -91,7 +99,7 @@ class EmbeddingPipeline:
             self._count_cache("image", hit=False)
         return _Prepared(key, pixels=self._decode(data))
 
-    def _decode(self, data: bytes) -> torch.Tensor:
+    def _decode(self, data: bytes) -> ImagePayload:
         started = time.perf_counter()
         pixels = self.pixels_from_bytes(data)
         self._metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
@@ -232,7 +240,7 @@ class EmbeddingPipeline:
         (self._metrics.cache_hits if hit else self._metrics.cache_misses).labels(kind).inc()
 
 
-def _consume(future: asyncio.Future[torch.Tensor]) -> None:
+def _consume(future: asyncio.Future[ImagePayload]) -> None:
     """Mark a decode's error as retrieved, so that one no one waits for is not logged as unhandled."""
     if not future.cancelled():
         future.exception()

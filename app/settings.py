@@ -206,8 +206,9 @@ class Settings(BaseSettings):
         ge=1,
         le=4096,
         description=(
-            "Most items (images, or texts) in one forward pass. Unset: 64 on CUDA, 32 on the CPU. Lower it "
-            "when batches run out of GPU memory (`clip_oom_events_total` rises)."
+            "Most items (images, or texts) in one forward pass. Unset: 256 on CUDA (ViT-B-32 on an H200: 10,835 "
+            "images/s at 256 against 9,471 at 64, fp16), 32 on the CPU. Lower it when batches run out of GPU "
+            "memory (`clip_oom_events_total` rises)."
         ),
     )
     engine_max_wait_ms: float = Field(
@@ -246,6 +247,52 @@ class Settings(BaseSettings):
             "`1` compiles the image tower (torch.compile) for fixed batch sizes, powers of two up to "
             "`ENGINE_MAX_BATCH`; start-up takes much longer (one compile per size). Off until it is measured "
             "on a GPU (bench/README.md)."
+        ),
+    )
+    image_preprocess: Literal["pil", "pil-uint8", "tensor"] = Field(
+        "pil",
+        description=(
+            "Where an image becomes the model's input. `pil`: open_clip's own transform on the decode threads, "
+            "float32 pixels to the engine (vectors identical to open_clip's). `pil-uint8`: the same resize and "
+            "crop on the decode threads, uint8 pixels to the engine, normalised there on the model's device "
+            "(bit-identical to `pil`, a quarter of the bytes to copy). `tensor`: the decode threads only decode; "
+            "the engine resizes, crops and normalises each batch with tensor ops on the model's device (on a GPU, "
+            "no host core resizes; vectors within a cosine of 0.9995 of open_clip's). Why: docs/performance.md."
+        ),
+    )
+    jpeg_decode: Literal["pool", "engine"] = Field(
+        "pool",
+        description=(
+            "`engine` hands baseline JPEGs to the engine undecoded, after the header checks (format, pixel "
+            "budget), and the engine decodes each batch on the model's device with torchcodec: nvJPEG on the "
+            "GPU's JPEG engines on CUDA. Progressive, CMYK and other JPEGs, every other format, and a JPEG the "
+            "batch decoder refuses are decoded by the decode threads, as with `pool`. Needs "
+            "`IMAGE_PREPROCESS=tensor`. Off until a GPU run has checked it (bench/README.md)."
+        ),
+    )
+    cuda_blocking_wait: bool = Field(
+        False,
+        description=(
+            "On CUDA: `1` waits for a batch's vectors on a blocking CUDA event, so that the waiting thread "
+            "sleeps instead of spinning on a host core for the whole forward pass. No effect on the CPU."
+        ),
+    )
+    engine_overlap: bool = Field(
+        False,
+        description=(
+            "`1` starts the next image batch (decode, preprocess, forward) while the device still runs the "
+            "current one, whose vectors a second thread waits for; at most two batches are in flight. Meant "
+            "for CUDA; on the CPU it only moves the wait to that thread."
+        ),
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description=(
+            "torch's threads for its CPU work in each server process. Unset: torch's default, one per core. "
+            "On CUDA the model runs on the GPU and torch's CPU threads only stack and copy batches; `1` keeps "
+            "a team of OpenMP threads per worker from waking, and spinning, on the host's cores."
         ),
     )
     cpu_packed_linear: bool = Field(
@@ -463,6 +510,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _jpeg_decode_has_a_tensor_path(self) -> Settings:
+        if self.jpeg_decode == "engine" and self.image_preprocess != "tensor":
+            raise ValueError(
+                f"JPEG_DECODE=engine needs IMAGE_PREPROCESS=tensor (not {self.image_preprocess}): the JPEGs it "
+                "decodes on the model's device are resized there; set IMAGE_PREPROCESS=tensor or JPEG_DECODE=pool"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _queue_fits_a_batch(self) -> Settings:
         if self.max_queued_items < self.max_batch_size:
             raise ValueError(
@@ -533,8 +589,8 @@ class Settings(BaseSettings):
         return warnings
 
     def resolved_engine_max_batch(self, device: str) -> int:
-        """Items per forward pass: ENGINE_MAX_BATCH, else 64 on CUDA and 32 on CPU."""
-        return self.engine_max_batch or (64 if device.startswith("cuda") else 32)
+        """Items per forward pass: ENGINE_MAX_BATCH, else 256 on CUDA and 32 on CPU."""
+        return self.engine_max_batch or (256 if device.startswith("cuda") else 32)
 
     def compile_buckets(self, device: str) -> tuple[int, ...]:
         """Batch sizes to compile for (ENGINE_COMPILE=1): powers of two up to the engine's max batch."""

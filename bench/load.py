@@ -1,7 +1,8 @@
 """A bounded load generator: C concurrent clients sending signed requests for a fixed time.
 
-Each client loops: one request of B image URLs (from a local static server over a photo folder) or
-B texts, waits for the answer, repeats until the duration is over. 127.0.0.1 only.
+Each client loops: one request of B image URLs (from a local static server over a photo folder), B
+uploaded photos (`--upload`: multipart, no download in the way) or B texts, waits for the answer,
+repeats until the duration is over. 127.0.0.1 only.
 Prints items/s, p50/p99 request latency and errors; --json prints one JSON object.
 
 A sweep: `-c` and `-b` take comma-separated values (`-c 1,4,16 -b 1,16`): one load per pair, one after
@@ -20,6 +21,7 @@ import asyncio
 import glob
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import time
@@ -30,7 +32,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 import uvloop
-from clip_client.signing import batch_payload_id, image_payload_id, new_nonce, signed_headers, text_payload_id
+from clip_client.signing import (
+    UPLOAD_PATH,
+    batch_payload_id,
+    image_payload_id,
+    new_nonce,
+    signed_headers,
+    text_payload_id,
+    upload_payload_id,
+)
 
 from bench import static
 from bench.plot import Panel, machine_note, sweep_figure
@@ -46,6 +56,30 @@ CAPTIONS = [
 ]
 
 
+BOUNDARY = "bench-load-boundary-7e1f"
+
+
+class Uploads:
+    """Multipart bodies of B photos each, built once: sending them costs the load generator little."""
+
+    def __init__(self, photos: list[bytes], batch: int) -> None:
+        self._bodies = []
+        for n in range(len(photos)):
+            parts = [photos[(n * batch + i) % len(photos)] for i in range(batch)]
+            body = b"".join(
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p{i}.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n".encode()
+                + part
+                + b"\r\n"
+                for i, part in enumerate(parts)
+            )
+            self._bodies.append((body + f"--{BOUNDARY}--\r\n".encode(), upload_payload_id(parts)))
+
+    def request(self, n: int) -> tuple[bytes, str]:
+        """Return the n-th request's body and payload id."""
+        return self._bodies[n % len(self._bodies)]
+
+
 def _request(kind: str, batch: int, urls: list[str], n: int) -> tuple[str, dict, str]:
     if kind == "text":
         text = f"{CAPTIONS[n % len(CAPTIONS)]} {n}"
@@ -58,7 +92,14 @@ def _request(kind: str, batch: int, urls: list[str], n: int) -> tuple[str, dict,
 
 
 async def run_load(
-    server: str, kind: str, clients: int, batch: int, duration: float, urls: list[str], secret: str
+    server: str,
+    kind: str,
+    clients: int,
+    batch: int,
+    duration: float,
+    urls: list[str],
+    secret: str,
+    uploads: Uploads | None = None,
 ) -> dict:
     host = urlsplit(server).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -73,13 +114,18 @@ async def run_load(
         nonlocal items, counter
         while time.perf_counter() < deadline:
             counter += 1
-            path, body, payload = _request(kind, batch, urls, counter)
+            if uploads is not None:
+                path, (data, payload) = UPLOAD_PATH, uploads.request(counter)
+                content_type = f"multipart/form-data; boundary={BOUNDARY}"
+            else:
+                path, body, payload = _request(kind, batch, urls, counter)
+                # orjson: the load generator shares the cores with the server, so it should cost little.
+                data, content_type = orjson.dumps(body), "application/json"
             headers = signed_headers(secret, "POST", path, payload, nonce=new_nonce())
+            headers["Content-Type"] = content_type
             started = time.perf_counter()
             try:
-                # orjson: the load generator shares the cores with the server, so it should cost little.
-                headers["Content-Type"] = "application/json"
-                async with session.post(server + path, data=orjson.dumps(body), headers=headers) as resp:
+                async with session.post(server + path, data=data, headers=headers) as resp:
                     answer = orjson.loads(await resp.read())
                     if resp.status != 200:
                         code = f"{resp.status} {answer.get('error', {}).get('code')}"
@@ -168,6 +214,7 @@ def main() -> None:
     parser.add_argument(
         "--static-servers", type=int, default=1, help="static server processes (bench.static) to spread URLs over"
     )
+    parser.add_argument("--upload", action="store_true", help="send the photos as multipart uploads, not URLs")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot", type=Path, help="with a sweep: also draw items/s and p50 into this PNG")
     args = parser.parse_args()
@@ -181,9 +228,15 @@ def main() -> None:
         raise SystemExit("--plot draws a sweep: give -c or -b several values")
 
     urls: list[str] = []
+    photos: list[bytes] = []
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        if args.kind == "image":
+        if args.kind == "image" and args.upload:
+            files = sorted(glob.glob(os.path.join(args.photos, args.glob)))
+            if not files:
+                raise SystemExit(f"no photos match {args.glob} in {args.photos}")
+            photos = [pathlib.Path(f).read_bytes() for f in files]
+        elif args.kind == "image":
             files = sorted(glob.glob(os.path.join(args.photos, args.glob)))
             if not files:
                 raise SystemExit(f"no photos match {args.glob} in {args.photos}")
@@ -192,7 +245,14 @@ def main() -> None:
                 procs.append(static.start(args.photos, args.glob, port))
             urls = [f"http://127.0.0.1:{port}/{os.path.basename(f)}" for f in files for port in ports]
         # uvloop, as the server runs on: the generator shares the cores with the server, so it should cost little.
-        results = [uvloop.run(run_load(args.server, args.kind, c, b, args.duration, urls, secret)) for c, b in points]
+        results = [
+            uvloop.run(
+                run_load(
+                    args.server, args.kind, c, b, args.duration, urls, secret, Uploads(photos, b) if photos else None
+                )
+            )
+            for c, b in points
+        ]
     finally:
         stop(*procs)
     if len(results) == 1:

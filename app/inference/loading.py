@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import torch
+
+from app.inference.image_tower import ImageOptions
 from app.inference.model import ClipEmbedder, Embedder, resolve_device
 from app.settings import Settings
 
 
+def image_options(settings: Settings) -> ImageOptions:
+    """Return the Engine section's image settings."""
+    return ImageOptions(
+        preprocess=settings.image_preprocess,
+        jpeg_decode=settings.jpeg_decode,
+        blocking_wait=settings.cuda_blocking_wait,
+        max_pixels=settings.max_image_pixels,
+        fast_decode=settings.fast_decode,
+    )
+
+
 def load_clip(settings: Settings) -> Embedder:
     """Load the configured open_clip model and run its warm-up forward."""
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     embedder = ClipEmbedder(
         settings.clip_model,
@@ -17,6 +33,7 @@ def load_clip(settings: Settings) -> Embedder:
         buckets=settings.compile_buckets(device),
         compile=settings.engine_compile,
         packed_linear=settings.cpu_packed_linear,
+        images=image_options(settings),
     )
     embedder.warm_up()
     return embedder

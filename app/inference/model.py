@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from app.inference.cpu_kernels import pack_blocks
+from app.inference.image_tower import ImageOptions, ImagePathError, ImageTower
+from app.inference.payload import ImagePayload
 from app.inference.preprocess import Preprocess
+from app.inference.readback import PendingVectors, VectorRows
 from app.inference.text_tower import TextTower
 
 log = logging.getLogger("app.inference.model")
@@ -47,16 +50,16 @@ class Embedder(Protocol):
 
     info: ModelInfo
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Turn an RGB picture into the model's input tensor (CPU, float32)."""
+    def preprocess(self, image: Image.Image) -> ImagePayload:
+        """Turn an RGB picture into what the engine takes: the model's input tensor (CPU, float32), or pixels."""
         ...
 
     def tokenize(self, text: str) -> torch.Tensor:
         """Turn a text into a 1-D tensor of token ids (truncated to the context length)."""
         ...
 
-    def encode_images(self, pixels: list[torch.Tensor]) -> np.ndarray:
-        """Return L2-normalised float32 vectors, one row per input, in order."""
+    def encode_images(self, pixels: list[ImagePayload]) -> VectorRows:
+        """Return L2-normalised float32 vectors, one row per input, in order (or an input's error in its place)."""
         ...
 
     def encode_texts(self, tokens: list[torch.Tensor]) -> np.ndarray:
@@ -120,6 +123,7 @@ class ClipEmbedder:
         buckets: tuple[int, ...] = (),
         compile: bool = False,
         packed_linear: bool = False,
+        images: ImageOptions | None = None,
     ) -> None:
         import open_clip
 
@@ -159,6 +163,20 @@ class ClipEmbedder:
             self._encode_image = torch.compile(model.encode_image, mode=mode, dynamic=False)
         self._text = TextTower(model)
         self._staging: torch.Tensor | None = None
+        options = images or ImageOptions()
+        try:
+            self._images = ImageTower(
+                options,
+                self._preprocess,
+                self._run_image_tower,
+                self.device,
+                self._dtype,
+                self.padded_size,
+                self._image_hw()[0],
+            )
+        except ImagePathError as exc:
+            raise ModelLoadError(str(exc)) from None
+        self._plain = options.plain
         with torch.inference_mode():
             probe = torch.zeros(1, 3, *self._image_hw(), device=self.device, dtype=self._dtype)
             dim = int(model.encode_image(probe).shape[-1])
@@ -185,8 +203,8 @@ class ClipEmbedder:
         vectors = (self.model.encode_image(image), self.model.encode_text(text))
         return torch.cat([F.normalize(v.float(), dim=-1) for v in vectors])
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._preprocess(image)
+    def preprocess(self, image: Image.Image) -> ImagePayload:
+        return self._images.payload(image)
 
     def tokenize(self, text: str) -> torch.Tensor:
         return self._tokenizer([text])[0]
@@ -195,7 +213,25 @@ class ClipEmbedder:
         """Return the batch size actually run for n items (the next bucket when compiled)."""
         return next((b for b in self._buckets if b >= n), n)
 
-    def encode_images(self, pixels: list[torch.Tensor]) -> np.ndarray:
+    def encode_images(self, pixels: list[ImagePayload]) -> VectorRows:
+        tensors = [p for p in pixels if isinstance(p, torch.Tensor)]
+        if not self._plain or len(tensors) != len(pixels):
+            return self.start_images(pixels).wait()
+        return self._encode_tensors(tensors)
+
+    def start_images(self, pixels: list[ImagePayload]) -> PendingVectors:
+        """Run a batch's forward pass and return while its vectors come back (the engine's overlap)."""
+        return self._images.start(pixels)
+
+    def image_inputs(self, pixels: list[ImagePayload]) -> torch.Tensor | None:
+        """Return the batch the image tower would see for these payloads (float32, on the model's device)."""
+        return self._images.inputs(pixels)
+
+    def _run_image_tower(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._encode_image(batch)  # looked up each time: a compiled tower may replace it
+
+    def _encode_tensors(self, pixels: list[torch.Tensor]) -> np.ndarray:
+        """Today's path: float32 tensors stacked, moved, run; read back with `.cpu()`."""
         n = len(pixels)
         padded = self.padded_size(n)
         if padded > n:
@@ -225,6 +261,8 @@ class ClipEmbedder:
         h, w = self._image_hw()
         for size in self._buckets or (1,):
             self.encode_images([torch.zeros(3, h, w)] * size)
+        if not self._plain:
+            self._images.warm_up()
         self.encode_texts([self.tokenize("warm-up")])
 
 
