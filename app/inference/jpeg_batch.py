@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 
@@ -28,9 +29,10 @@ DecodeFn = Callable[..., list[torch.Tensor]]
 
 def load_decoder() -> DecodeFn:
     """Return torchcodec's batched JPEG decoder; raise ImportError when torchcodec is not installed."""
-    from torchcodec.decoders import decode_jpeg
+    from torchcodec.decoders import decode_jpeg  # type: ignore[attr-defined]  # re-exported without __all__
 
-    return decode_jpeg
+    # A list in, a list out (its annotation says a single tensor may come back too, for a single input).
+    return cast(DecodeFn, decode_jpeg)
 
 
 class JpegBatchDecoder:
