@@ -1,7 +1,13 @@
 """Domain errors: the one hierarchy every core module raises.
 
 ServiceError                 base; `code` is the stable machine-readable name in the JSON body
-├── Unauthorized             unauthorized     missing/invalid signature, stale timestamp
+├── Unauthorized             unauthorized     any refusal of the legacy job's signature; base of:
+│   ├── MissingAuthHeaders     missing_auth_headers    no X-Timestamp/X-Signature (or X-Nonce when required)
+│   ├── MalformedAuthHeaders   malformed_auth_headers  a header that cannot be what the scheme sends
+│   ├── TimestampOutOfWindow   timestamp_out_of_window X-Timestamp further than AUTH_MAX_SKEW_S from the clock
+│   ├── SignatureMismatch      signature_mismatch      no configured secret signs this request
+│   ├── NonceReused            nonce_reused            a request with this X-Nonce was already accepted
+│   └── ApiKeyInvalid          api_key_invalid         a bearer key that is not one of API_KEYS
 ├── InvalidRequest           invalid_request  a request the schema accepts but the service cannot
 ├── InvalidUrl               invalid_url      not http(s), malformed, credentials, bad port
 ├── UrlNotAllowed            url_not_allowed  resolves to a non-public address or unlisted host
@@ -35,6 +41,30 @@ class ServiceError(Exception):
 
 class Unauthorized(ServiceError):
     code = ErrorCode.UNAUTHORIZED
+
+
+class MissingAuthHeaders(Unauthorized):
+    code = ErrorCode.MISSING_AUTH_HEADERS
+
+
+class MalformedAuthHeaders(Unauthorized):
+    code = ErrorCode.MALFORMED_AUTH_HEADERS
+
+
+class TimestampOutOfWindow(Unauthorized):
+    code = ErrorCode.TIMESTAMP_OUT_OF_WINDOW
+
+
+class SignatureMismatch(Unauthorized):
+    code = ErrorCode.SIGNATURE_MISMATCH
+
+
+class NonceReused(Unauthorized):
+    code = ErrorCode.NONCE_REUSED
+
+
+class ApiKeyInvalid(Unauthorized):
+    code = ErrorCode.API_KEY_INVALID
 
 
 class InvalidRequest(ServiceError):

@@ -80,6 +80,8 @@ class EmbeddingResponse(BaseModel):
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    # On a 401 only: the id the refusal's log line carries (also the X-Request-ID header).
+    request_id: str | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -147,7 +147,7 @@ def test_api_accepts_only_json_bodies(service, content_type, status):
 
 def test_api_unsigned_malformed_body_is_refused_for_its_headers_first(service):
     got, body, _ = call(service.base, "/v1/embed/text", raw=b"{", secret=None)
-    assert (got, body["error"]["code"]) == (401, "unauthorized")
+    assert (got, body["error"]["code"]) == (401, "missing_auth_headers")
 
 
 def test_api_client_gone_mid_body_is_not_an_internal_error(small_service):

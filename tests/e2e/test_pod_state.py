@@ -136,7 +136,7 @@ def test_pod_state_nonce_accepted_by_one_pod_is_refused_by_the_other(pods, first
     replayed = call(pods[second], TEXT_PATH, body, secret=None, headers=headers)
     fresh = signed_headers(SECRET, "POST", TEXT_PATH, text_payload_id(body["text"]), nonce=new_nonce())
     resigned = call(pods[second], TEXT_PATH, body, secret=None, headers=fresh)
-    assert (accepted[0], replayed[0], replayed[1]["error"]["code"]) == (200, 401, "unauthorized")
+    assert (accepted[0], replayed[0], replayed[1]["error"]["code"]) == (200, 401, "nonce_reused")
     assert resigned[0] == 200  # the same request with a nonce of its own: it was the nonce that was refused
 
 

@@ -148,7 +148,7 @@ def test_ray_serve_refuses_a_nonce_replayed_to_the_other_replica(cluster):
             break
     else:
         pytest.fail("no replay reached the other replica in 20 tries")
-    assert set(answers) == {(401, "unauthorized")}
+    assert set(answers) == {(401, "nonce_reused")}
 
 
 def test_ray_serve_replaces_a_killed_replica_and_answers_no_500(cluster, images):
