@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         description=(
             "Seconds: a request whose `X-Timestamp` is further than this from the server clock, either way, "
             "is refused (401). Raise it only for callers whose clocks drift; nonces are remembered for twice "
-            "this long."
+            "this long plus 6 s (the timestamp's whole acceptance window and a margin)."
         ),
     )
     require_nonce: bool = Field(
@@ -75,9 +75,9 @@ class Settings(BaseSettings):
         1_000_000,
         ge=1,
         description=(
-            "Most nonces remembered at once, each for twice `AUTH_MAX_SKEW_S`. When it is full of live ones, "
+            "Most nonces remembered at once, each for 2 × `AUTH_MAX_SKEW_S` + 6 s. When it is full of live ones, "
             "a request with a new nonce gets 503 `overloaded` rather than an old nonce being forgotten. Keep it "
-            "above the peak of signed requests per second × 2 × `AUTH_MAX_SKEW_S`; the memory an entry takes "
+            "above the peak of signed requests per second × (2 × `AUTH_MAX_SKEW_S` + 6); the memory an entry takes "
             "is in docs/security.md."
         ),
     )

@@ -13,6 +13,20 @@ from typing import Protocol
 
 from app.errors import Overloaded
 
+# Seconds a nonce is kept past its timestamp's acceptance window: room for the clocks of different
+# processes and pods to disagree a little.
+NONCE_MARGIN_S = 5.0
+
+
+def nonce_ttl_s(max_skew_s: int) -> float:
+    """Return how long to keep a nonce from its admission: its timestamp's whole acceptance window, and a margin.
+
+    A timestamp `ts` is accepted while the server's clock, rounded down to a second, is within
+    `max_skew_s` of it: from `ts - max_skew_s` to just before `ts + max_skew_s + 1`. A nonce admitted at
+    the window's first moment must outlive its last, so it is kept 2 × max_skew_s + 1 s, plus the margin.
+    """
+    return 2 * max_skew_s + 1 + NONCE_MARGIN_S
+
 
 class Gate(Protocol):
     """Remember nonces and spend rate limits, in this process or in a store every process shares (app.state.gate)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from clip_client.signing import canonical_parts, legacy_message, signature_matches
 
 from app.auth.apikeys import ApiKeys
-from app.auth.nonces import Gate, MemoryNonceStore
+from app.auth.nonces import Gate, MemoryNonceStore, nonce_ttl_s
 from app.auth.refusals import Attempt, log, mismatch_message, missing_message, skew_message
 from app.errors import (
     ApiKeyInvalid,
@@ -130,7 +130,7 @@ class RequestVerifier:
 
     async def admit(self, verified: Verified, items: int) -> None:
         """Refuse a replayed nonce (NonceReused), spend `items` of the key's rate limit, remember the nonce."""
-        if not await self._gate.admit(verified.nonce, 2 * self._max_skew_s, verified.key_id, items):
+        if not await self._gate.admit(verified.nonce, nonce_ttl_s(self._max_skew_s), verified.key_id, items):
             reason = "reused X-Nonce: a request with this nonce was already accepted (a replay?)"
             Attempt(verified.request_id).refuse(NonceReused, _NONCE_REUSED, reason)
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 from clip_client.signing import canonical_message, new_nonce, sign, signed_headers, text_payload_id
 
-from app.auth.nonces import MemoryNonceStore
+from app.auth.nonces import NONCE_MARGIN_S, MemoryNonceStore, nonce_ttl_s
 from app.auth.verify import AuthHeaders, RequestVerifier, make_verifier
 from app.errors import (
     MalformedAuthHeaders,
@@ -188,16 +188,39 @@ def test_verifier_accepts_fresh_nonces():
         verify(v, headers(nonce=nonce))
 
 
-def test_verifier_forgets_nonce_after_twice_the_skew():
-    store_clock = Clock(0)
-    v = verifier(store=MemoryNonceStore(10, clock=store_clock))
-    h = headers(nonce=new_nonce())
+def test_verifier_keeps_a_nonce_through_its_timestamps_whole_window():
+    # Admitted at the first second its timestamp is accepted, replayed at the window's last moment: the
+    # server's clock reads ts + SKEW + 0.999, which rounds down into the window.
+    wall, store_clock = Clock(NOW - SKEW), Clock(0)
+    v = RequestVerifier(
+        [SECRET],
+        max_skew_s=SKEW,
+        insecure=False,
+        require_nonce=True,
+        gate=MemoryNonceStore(10, clock=store_clock),
+        clock=wall,
+    )
+    h = headers(ts=NOW, nonce=new_nonce())
     verify(v, h)
-    store_clock.now = 2 * SKEW - 1
+    last_moment = 2 * SKEW + 0.999
+    wall.now, store_clock.now = NOW - SKEW + last_moment, last_moment
     with pytest.raises(NonceReused):
         verify(v, h)
-    store_clock.now = 2 * SKEW
-    verify(v, h)  # by now the timestamp itself is outside the window in real use
+
+
+def test_nonce_ttl_is_the_whole_window_and_a_margin():
+    assert nonce_ttl_s(SKEW) == 2 * SKEW + 1 + NONCE_MARGIN_S and NONCE_MARGIN_S >= 1
+
+
+def test_nonce_store_forgets_a_nonce_once_its_ttl_passed():
+    store_clock = Clock(0)
+    store = MemoryNonceStore(10, clock=store_clock)
+    ttl = nonce_ttl_s(SKEW)
+    assert asyncio.run(store.remember("n0nce-0123456789ab", ttl)) is True
+    store_clock.now = ttl - 0.001
+    assert asyncio.run(store.remember("n0nce-0123456789ab", ttl)) is False
+    store_clock.now = ttl
+    assert asyncio.run(store.remember("n0nce-0123456789ab", ttl)) is True  # memory stays bounded
 
 
 def test_verifier_refuses_nonce_not_covered_by_signature():

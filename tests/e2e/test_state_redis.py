@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clip_client.signing import signed_headers
 from redis.asyncio import Redis
 
-from app.errors import InvalidRequest, RateLimited
+from app.auth.nonces import nonce_ttl_s
+from app.auth.verify import AuthHeaders, RequestVerifier
+from app.errors import InvalidRequest, NonceReused, RateLimited
 from app.inference.cache import image_key, text_key
 from app.state import SharedState, StoreUnavailable, Verdict, signing_key_id
 from app.state.gate import GATE_SCRIPT
@@ -103,6 +106,34 @@ async def test_state_nonce_key_is_namespaced_and_expires_after_its_ttl(state: Sh
 async def test_state_nonce_concurrent_remember_admits_exactly_one(state: SharedState, other: SharedState):
     results = await asyncio.gather(*(remember(s, NONCE) for s in (state, other) * 8))
     assert sorted(results) == [False] * 15 + [True]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_state_nonce_outlives_its_timestamps_whole_window(state: SharedState, raw: Redis):
+    # Admitted at the first second its timestamp is accepted, then replayed at the window's last moment,
+    # with the verifier's clock injected; Redis counts the nonce's TTL on its own clock, so time passes.
+    skew, ts = 1, 1_700_000_000
+    wall = Clock(ts - skew)
+    verifier = RequestVerifier(
+        [SECRET], max_skew_s=skew, insecure=False, require_nonce=True, gate=state.gate, clock=wall
+    )
+    headers = signed_headers(SECRET, "POST", "/v1/embed/text", "p", timestamp=ts, nonce=NONCE)
+    auth = AuthHeaders(headers["X-Timestamp"], headers["X-Signature"], NONCE)
+    await verifier.admit(verifier.check("POST", "/v1/embed/text", "p", auth), 0)
+    ttl_ms = await raw.pttl(f"clip:nonce:{NONCE}")
+    assert (2 * skew + 1) * 1000 < ttl_ms <= nonce_ttl_s(skew) * 1000
+    last_moment = 2 * skew + 0.9
+    await asyncio.sleep(last_moment)
+    wall.now = ts - skew + last_moment
+    with pytest.raises(NonceReused):
+        await verifier.admit(verifier.check("POST", "/v1/embed/text", "p", auth), 0)
 
 
 async def test_state_nonce_retry_of_the_same_call_is_not_a_replay(raw: Redis):
