@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors
+from app.schemas import INVALID_URL_ERROR
 
 log = logging.getLogger("app.api")
 
@@ -105,8 +106,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        _note(request, ErrorCode.INVALID_REQUEST)
-        return error_response(ErrorCode.INVALID_REQUEST, _describe_validation(exc), 422)
+        # A body whose only fault is its image URLs' characters (app.schemas.ImageUrl) is about the URLs.
+        found = exc.errors()
+        refused_urls = bool(found) and all(err.get("type") == INVALID_URL_ERROR for err in found)
+        code = ErrorCode.INVALID_URL if refused_urls else ErrorCode.INVALID_REQUEST
+        _note(request, code)
+        return error_response(code, _describe_validation(exc), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
