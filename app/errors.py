@@ -16,6 +16,7 @@ ServiceError                 base; `code` is the stable machine-readable name in
 ├── ImageTooLarge            image_too_large  too many bytes or too many pixels
 ├── InvalidImage             invalid_image    not a decodable image of an allowed format
 ├── RequestTooLarge          request_too_large the HTTP body is over the limit
+├── RequestTimeout           request_timeout  the HTTP body did not arrive within REQUEST_BODY_TIMEOUT_S
 ├── Overloaded               overloaded       no room in the queue, or out of accelerator memory
 ├── RateLimited              rate_limited     the signing key spent its RATE_LIMIT_ITEMS_PER_S budget
 └── Unavailable              unavailable      loading, draining, engine stopped, or the shared store unreachable
@@ -97,6 +98,10 @@ class InvalidImage(ServiceError):
 
 class RequestTooLarge(ServiceError):
     code = ErrorCode.REQUEST_TOO_LARGE
+
+
+class RequestTimeout(ServiceError):
+    code = ErrorCode.REQUEST_TIMEOUT
 
 
 class Overloaded(ServiceError):

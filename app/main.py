@@ -155,7 +155,12 @@ def create_app(
         ),
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        timeout_s=settings.request_body_timeout_s,
+        budget_bytes=settings.resolved_buffered_request_bytes(),
+    )
     app.include_router(router)
     app.include_router(batches_router)
     app.include_router(openai_router)

@@ -161,9 +161,30 @@ class Settings(BaseSettings):
         ge=1024,
         description=(
             "Bytes: largest request body, declared by `Content-Length` or streamed chunked; larger is refused "
-            "with 413 `request_too_large` before parsing. The default fits a full batch of ordinary photos "
-            "sent inline (base64 adds a third) or uploaded; a body is held in memory while it is answered, "
-            "so this times the requests in flight bounds that memory (docs/security.md#requests)."
+            "with 413 `request_too_large` (a declared size before any byte is read). The default fits a full "
+            "batch of ordinary photos sent inline (base64 adds a third) or uploaded. What all bodies held at "
+            "once may take is `MAX_BUFFERED_REQUEST_BYTES` (docs/security.md#requests)."
+        ),
+    )
+    max_buffered_request_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description=(
+            "Bytes of request bodies one process holds at once, all requests together, from the first byte "
+            "read until the answer. A body whose `Content-Length` does not fit in what is left gets 503 "
+            "`overloaded` (with `Retry-After`) before it is read, one that outgrows it while arriving too. "
+            "Unset: 4 × `MAX_REQUEST_BYTES` (128 MiB by default). At least `MAX_REQUEST_BYTES`. Parsing "
+            "multiplies it: the memory it bounds is in docs/security.md#requests."
+        ),
+    )
+    request_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds: a request's whole body must arrive within this long of its headers; a slower one gets "
+            "408 `request_timeout` and the connection is closed. 30 s carries a full `MAX_REQUEST_BYTES` "
+            "body at about 1 MB/s; raise it for callers on slower links."
         ),
     )
     embeddings_model_alias: str | None = Field(
@@ -463,6 +484,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _buffer_fits_a_body(self) -> Settings:
+        if self.max_buffered_request_bytes is not None and self.max_buffered_request_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"MAX_BUFFERED_REQUEST_BYTES={self.max_buffered_request_bytes} is below MAX_REQUEST_BYTES="
+                f"{self.max_request_bytes}: a body of the largest size could never be read; raise "
+                "MAX_BUFFERED_REQUEST_BYTES, unset it (4 × MAX_REQUEST_BYTES), or lower MAX_REQUEST_BYTES"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _queue_fits_a_batch(self) -> Settings:
         if self.max_queued_items < self.max_batch_size:
             raise ValueError(
@@ -531,6 +562,10 @@ class Settings(BaseSettings):
                         f"at least {GOOD_SECRET_CHARS} random characters, e.g. `openssl rand -hex 32`"
                     )
         return warnings
+
+    def resolved_buffered_request_bytes(self) -> int:
+        """Bytes of request bodies a process holds at once: MAX_BUFFERED_REQUEST_BYTES, else 4 × MAX_REQUEST_BYTES."""
+        return self.max_buffered_request_bytes or 4 * self.max_request_bytes
 
     def resolved_engine_max_batch(self, device: str) -> int:
         """Items per forward pass: ENGINE_MAX_BATCH, else 64 on CUDA and 32 on CPU."""

@@ -11,7 +11,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from app.api.body import M, auth_headers, parse_body
+from app.api.body import M, auth_headers, parse_body, read_json_body
 from app.api.observe import RequestRecord
 from app.auth.apikeys import bearer_token
 from app.auth.verify import AuthHeaders, Verified
@@ -73,6 +73,10 @@ class EmbedCall:
     async def body(self, model: type[M]) -> M:
         """Return the request's JSON body validated as `model` (422 through RequestValidationError)."""
         return await parse_body(self.request, model)
+
+    async def raw_body(self) -> bytes:
+        """Return the request's JSON body as sent, not yet validated (`app.api.body.validate_json`)."""
+        return await read_json_body(self.request)
 
 
 async def get_embed_call(request: Request) -> EmbedCall:

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidImage: 422,
     errors.ImageTooLarge: 413,
     errors.RequestTooLarge: 413,
+    errors.RequestTimeout: 408,
     errors.DownloadFailed: 502,
     errors.DownloadTimeout: 504,
     errors.Overloaded: 503,

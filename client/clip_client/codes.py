@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     INVALID_IMAGE = "invalid_image"
     REQUEST_TOO_LARGE = "request_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
