@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from app.inference.fingerprint import embedding_fingerprint
 from app.inference.model import ClipEmbedder, Embedder, resolve_device
 from app.settings import Settings
 
 
 def load_clip(settings: Settings) -> Embedder:
-    """Load the configured open_clip model and run its warm-up forward."""
+    """Load the configured open_clip model, run its warm-up forward, and fingerprint its embedding space."""
     device = resolve_device(settings.device)
     embedder = ClipEmbedder(
         settings.clip_model,
@@ -19,4 +22,15 @@ def load_clip(settings: Settings) -> Embedder:
         packed_linear=settings.cpu_packed_linear,
     )
     embedder.warm_up()
+    info = embedder.info
+    fingerprint = embedding_fingerprint(
+        model=info.model,
+        weights=info.weights_sha256,
+        dtype=info.dtype,
+        device=info.device,
+        preprocess=info.preprocess,
+        context_length=info.context_length,
+        fast_decode=settings.fast_decode,
+    )
+    embedder.info = replace(info, fingerprint=fingerprint)
     return embedder

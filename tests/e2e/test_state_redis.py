@@ -172,6 +172,19 @@ async def test_state_cache_get_many_returns_hits_and_misses_in_order(state: Shar
     assert [None if v is None else v.tolist() for v in got] == [[1, 1, 1, 1], None, [3, 3, 3, 3]]
 
 
+async def test_state_cache_shares_nothing_until_it_knows_the_model(redis_server: RedisServer, raw: Redis):
+    shared = SharedState.from_url(redis_server.url, cache_ttl_s=60, timeout_s=TIMEOUT_S)
+    try:
+        await shared.cache.put(text_key("a"), np.ones(4, dtype=np.float32))
+        assert (await shared.cache.get(text_key("a")), await raw.keys("*")) == (None, [])
+        shared.cache.use_model("f" * 64)
+        await shared.cache.put(text_key("a"), np.ones(4, dtype=np.float32))
+        got = await shared.cache.get(text_key("a"))
+        assert got is not None and got.tolist() == [1, 1, 1, 1]
+    finally:
+        await shared.aclose()
+
+
 async def test_state_cache_is_separate_per_model(state: SharedState, redis_server: RedisServer):
     await state.cache.put(text_key("a"), np.ones(4, dtype=np.float32))
     other_model = shared_state(redis_server, model_id="ViT-B-32/laion2b_s34b_b79k")
