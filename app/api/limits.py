@@ -44,13 +44,15 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header_int(scope, b"content-length")
+        declared, chunked, waits_to_send = _body_headers(scope)
+        if not chunked and declared == 0:
+            await self.app(scope, receive, send)  # no body (a GET, or Content-Length: 0): nothing to bound
+            return
         if declared is not None and declared > self.max_bytes:
             await _refuse(send, f"request body is {declared} bytes; at most {self.max_bytes} are accepted")
             return
         reader = BodyReader(receive, self.budget, declared=declared, max_bytes=self.max_bytes, timeout_s=self.timeout_s)
         scope.setdefault("state", {})[STATE_KEY] = reader
-        waits_to_send = _header(scope, b"expect") == b"100-continue"
 
         async def send_when_read(message: Message) -> None:
             if message["type"] == "http.response.start" and not await reader.settle(waits_to_send):
@@ -79,16 +81,19 @@ async def _refuse(send: Send, message: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def _body_headers(scope: Scope) -> tuple[int | None, bool, bool]:
+    """Return the declared Content-Length (0 without one, None when it is not a number), whether a
+    Transfer-Encoding frames the body, and whether the caller waits for "100 Continue" before sending it."""
+    declared: int | None = 0
+    chunked = waits = False
     for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).strip().lower()
-    return None
-
-
-def _header_int(scope: Scope, name: bytes) -> int | None:
-    value = _header(scope, name)
-    try:
-        return None if value is None else int(value)
-    except ValueError:
-        return None
+        if key == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = None
+        elif key == b"transfer-encoding":
+            chunked = True
+        elif key == b"expect":
+            waits = bytes(value).strip().lower() == b"100-continue"
+    return declared, chunked, waits
