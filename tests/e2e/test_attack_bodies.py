@@ -224,8 +224,20 @@ def test_early_refusal_of_a_whole_body_keeps_the_connection_for_the_next_request
     assert (refused.status, refused.code, refused.connection, kept) == (401, "missing_auth_headers", "keep-alive", 200)
 
 
-def test_early_refusal_of_a_caller_waiting_for_100_continue_never_asks_for_the_body(bounded):
+@pytest.mark.parametrize(
+    ("path", "headers", "code"),
+    [
+        (TEXT_PATH, {}, "missing_auth_headers"),
+        (TEXT_PATH, {"X-Timestamp": "1", "X-Signature": "0" * 64}, "timestamp_out_of_window"),
+        (TEXT_PATH, {"X-Timestamp": "now", "X-Signature": "0" * 64, "X-Nonce": "short"}, "malformed_auth_headers"),
+        ("/v1/embeddings", {"Authorization": "Bearer sk-not-a-key"}, "api_key_invalid"),
+    ],
+    ids=["unsigned", "stale", "malformed-nonce", "unknown-api-key"],
+)
+def test_checks_that_need_no_body_answer_before_it_is_asked_for(bounded, path, headers, code):
+    # A caller that waits for "100 Continue" sends its body only when the server reads it: it never does.
+    headers = {k: str(int(time.time())) if v == "now" else v for k, v in headers.items()}
     with connect(port_of(bounded.base)) as sock:
-        sock.sendall(head(TEXT_PATH, 100 * 1024, {"Expect": "100-continue"}))
+        sock.sendall(head(path, 100 * 1024, headers | {"Expect": "100-continue"}))
         answer = Answer(sock)
-    assert (answer.status, answer.code, answer.connection) == (401, "missing_auth_headers", "close")
+    assert (answer.status, answer.code, answer.connection) == (401, code, "close")
