@@ -1,7 +1,13 @@
 """Domain errors: the one hierarchy every core module raises.
 
 ServiceError                 base; `code` is the stable machine-readable name in the JSON body
-├── Unauthorized             unauthorized     missing/invalid signature, stale timestamp
+├── Unauthorized             unauthorized     any refusal of the legacy job's signature; base of:
+│   ├── MissingAuthHeaders     missing_auth_headers    no X-Timestamp/X-Signature (or X-Nonce when required)
+│   ├── MalformedAuthHeaders   malformed_auth_headers  a header that cannot be what the scheme sends
+│   ├── TimestampOutOfWindow   timestamp_out_of_window X-Timestamp further than AUTH_MAX_SKEW_S from the clock
+│   ├── SignatureMismatch      signature_mismatch      no configured secret signs this request
+│   ├── NonceReused            nonce_reused            a request with this X-Nonce was already accepted
+│   └── ApiKeyInvalid          api_key_invalid         a bearer key that is not one of API_KEYS
 ├── InvalidRequest           invalid_request  a request the schema accepts but the service cannot
 ├── InvalidUrl               invalid_url      not http(s), malformed, credentials, bad port
 ├── UrlNotAllowed            url_not_allowed  resolves to a non-public address or unlisted host
@@ -11,6 +17,7 @@ ServiceError                 base; `code` is the stable machine-readable name in
 ├── ImageTooLarge            image_too_large  too many bytes or too many pixels
 ├── InvalidImage             invalid_image    not a decodable image of an allowed format
 ├── RequestTooLarge          request_too_large the HTTP body is over the limit
+├── RequestTimeout           request_timeout  the HTTP body did not arrive within REQUEST_BODY_TIMEOUT_S
 ├── Overloaded               overloaded       no room in the queue, or out of accelerator memory
 ├── RateLimited              rate_limited     the signing key spent its RATE_LIMIT_ITEMS_PER_S budget
 └── Unavailable              unavailable      loading, draining, engine stopped, or the shared store unreachable
@@ -36,6 +43,30 @@ class ServiceError(Exception):
 
 class Unauthorized(ServiceError):
     code = ErrorCode.UNAUTHORIZED
+
+
+class MissingAuthHeaders(Unauthorized):
+    code = ErrorCode.MISSING_AUTH_HEADERS
+
+
+class MalformedAuthHeaders(Unauthorized):
+    code = ErrorCode.MALFORMED_AUTH_HEADERS
+
+
+class TimestampOutOfWindow(Unauthorized):
+    code = ErrorCode.TIMESTAMP_OUT_OF_WINDOW
+
+
+class SignatureMismatch(Unauthorized):
+    code = ErrorCode.SIGNATURE_MISMATCH
+
+
+class NonceReused(Unauthorized):
+    code = ErrorCode.NONCE_REUSED
+
+
+class ApiKeyInvalid(Unauthorized):
+    code = ErrorCode.API_KEY_INVALID
 
 
 class InvalidRequest(ServiceError):
@@ -72,6 +103,10 @@ class InvalidImage(ServiceError):
 
 class RequestTooLarge(ServiceError):
     code = ErrorCode.REQUEST_TOO_LARGE
+
+
+class RequestTimeout(ServiceError):
+    code = ErrorCode.REQUEST_TIMEOUT
 
 
 class Overloaded(ServiceError):

@@ -18,8 +18,9 @@ from collections.abc import Callable
 import numpy as np
 
 from app.auth.verify import make_verifier
-from app.errors import InvalidRequest, ServiceError
+from app.errors import InvalidRequest, InvalidUrl, ServiceError
 from app.fetch.download import ImageFetcher, make_fetcher
+from app.fetch.urlchars import url_text_problem
 from app.inference.decode import decode_image
 from app.inference.loading import load_clip
 from app.inference.model import Embedder
@@ -67,6 +68,9 @@ class LegacyHandler:
         image_url = payload.get("image_url")
         if not isinstance(image_url, str) or not image_url:
             raise InvalidRequest("input.image_url must be a non-empty string")
+        problem = url_text_problem(image_url)
+        if problem is not None:
+            raise InvalidUrl(problem)
         # The job id stands for the request id: the refusal's log line carries it.
         self._verifier.verify_legacy(image_url, payload.get("timestamp"), payload.get("signature"), job_id)
         return image_url

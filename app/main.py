@@ -26,13 +26,14 @@ from app.fetch.urlguard import Lookup, system_lookup
 from app.inference.cache import TieredCache
 from app.inference.engine import Engine, model_executor
 from app.inference.loading import load_clip
-from app.inference.model import Embedder, ModelLoadError
+from app.inference.model import Embedder, ModelInfo, ModelLoadError
 from app.inference.model_guard import GuardedEmbedder
 from app.ops.lifecycle import Lifecycle
 from app.ops.pod import PodBoard
 from app.pipeline import EmbeddingPipeline
 from app.services import Services, Status
 from app.settings import Settings
+from app.state.cache import RedisEmbeddingCache
 from app.state.shared import open_shared_state, watch_shared_state
 
 log = logging.getLogger("app")
@@ -87,6 +88,8 @@ def create_app(
                 _fail(services, f"model failed to load: {type(exc).__name__}: {exc}", on_fatal)
                 return
             services.load_seconds = time.perf_counter() - started
+            if shared_vectors is not None:
+                _share_vectors(shared_vectors, embedder.info)
             max_batch = settings.resolved_engine_max_batch(embedder.info.device)
             engine = Engine(
                 GuardedEmbedder(embedder, services.metrics),
@@ -122,12 +125,13 @@ def create_app(
             services.mark_ready()
             info = embedder.info
             log.info(
-                "model %s ready on %s (%s, dim %d, %s kernels)",
+                "model %s ready on %s (%s, dim %d, %s kernels, fingerprint %s)",
                 info.model,
                 info.device,
                 info.dtype,
                 info.dim,
                 info.kernels,
+                info.fingerprint[:16] or "unknown",
             )
 
         tasks.append(asyncio.create_task(load(), name="model-loader"))
@@ -158,7 +162,12 @@ def create_app(
         ),
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        timeout_s=settings.request_body_timeout_s,
+        budget_bytes=settings.resolved_buffered_request_bytes(),
+    )
     app.include_router(router)
     app.include_router(batches_router)
     app.include_router(openai_router)
@@ -167,6 +176,14 @@ def create_app(
     app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer
     with_request_schemas(app, SIGNED_BODIES)
     return app
+
+
+def _share_vectors(shared: RedisEmbeddingCache, info: ModelInfo) -> None:
+    """Tag the shared cache with the model's embedding space; share nothing when it is unknown."""
+    if info.fingerprint:
+        shared.use_model(info.fingerprint)
+    else:
+        log.warning("model %s has no fingerprint: the shared cache (STATE_URL) stays unused", info.model)
 
 
 def _fail(services: Services, reason: str, on_fatal: Callable[[str], None] | None) -> None:

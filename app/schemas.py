@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from app.fetch.urlchars import url_text_problem
+
+# The error type of a refused URL; the 422's code is then `invalid_url` (app.api.errors).
+INVALID_URL_ERROR = "invalid_url"
+
+
+def _printable_url(url: str) -> str:
+    problem = url_text_problem(url)
+    if problem is not None:
+        raise PydanticCustomError(INVALID_URL_ERROR, problem)
+    return url
+
+
+# An image URL or data URI, refused at once when it holds what yarl would drop or rewrite (app.fetch.urlchars).
+ImageUrl = Annotated[str, AfterValidator(_printable_url)]
 
 
 class _Strict(BaseModel):
@@ -14,7 +31,7 @@ class _Strict(BaseModel):
 class EmbedImageRequest(_Strict):
     # No max_length: a data URI carries the image itself; MAX_REQUEST_BYTES bounds it, and an http(s)
     # URL is refused past 2048 characters (app.fetch.download).
-    image_url: str = Field(
+    image_url: ImageUrl = Field(
         min_length=1,
         description="An http(s) URL, or an inline `data:image/<jpeg|png|webp|gif>;base64,…` URI",
         examples=["https://example.com/cat.jpg"],
@@ -24,7 +41,7 @@ class EmbedImageRequest(_Strict):
 class EmbedImageBatchRequest(_Strict):
     # The upper bound is MAX_BATCH_SIZE, checked by the route so that every list too long gets one message
     # naming it; MAX_REQUEST_BYTES bounds what is parsed.
-    image_urls: list[str] = Field(
+    image_urls: list[ImageUrl] = Field(
         min_length=1,
         description="1 to MAX_BATCH_SIZE http(s) URLs or data URIs (`max_batch_size` in GET /health)",
     )
@@ -43,14 +60,27 @@ class OpenAIEmbeddingsRequest(_Strict):
     """OpenAI's embeddings request, with Infinity's `modality` for images."""
 
     model: str = Field(description="The served model: its open_clip name (`model` in GET /health) or its alias")
+    # Before `input`, whose check needs it (pydantic validates fields in the order declared).
+    modality: Literal["text", "image"] = Field("text", description="What `input` holds (Infinity's name)")
     # A string or a list of strings; OpenAI's token arrays are not accepted (open_clip has its own tokenizer).
     input: str | list[str] = Field(description="1 to MAX_BATCH_SIZE texts, or image URLs / data URIs")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`base64`: each vector as base64 of little-endian float32"
     )
-    modality: Literal["text", "image"] = Field("text", description="What `input` holds (Infinity's name)")
     dimensions: int | None = Field(None, description="If given, must be the model's dimension (no truncation)")
     user: str | None = Field(None, description="Accepted and ignored, as OpenAI's own end-user id")
+
+    @field_validator("input")
+    @classmethod
+    def _image_urls_printable(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        if info.data.get("modality") == "image":
+            for index, url in enumerate([value] if isinstance(value, str) else value):
+                problem = url_text_problem(url)
+                if problem is not None:
+                    raise PydanticCustomError(
+                        INVALID_URL_ERROR, "input[{index}]: {problem}", {"index": index, "problem": problem}
+                    )
+        return value
 
 
 class OpenAIEmbedding(BaseModel):
@@ -80,6 +110,8 @@ class EmbeddingResponse(BaseModel):
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    # On a 401 only: the id the refusal's log line carries (also the X-Request-ID header).
+    request_id: str | None = None
 
 
 class ErrorResponse(BaseModel):

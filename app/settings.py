@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         description=(
             "Seconds: a request whose `X-Timestamp` is further than this from the server clock, either way, "
             "is refused (401). Raise it only for callers whose clocks drift; nonces are remembered for twice "
-            "this long."
+            "this long plus 6 s (the timestamp's whole acceptance window and a margin)."
         ),
     )
     require_nonce: bool = Field(
@@ -75,9 +75,9 @@ class Settings(BaseSettings):
         1_000_000,
         ge=1,
         description=(
-            "Most nonces remembered at once, each for twice `AUTH_MAX_SKEW_S`. When it is full of live ones, "
+            "Most nonces remembered at once, each for 2 × `AUTH_MAX_SKEW_S` + 6 s. When it is full of live ones, "
             "a request with a new nonce gets 503 `overloaded` rather than an old nonce being forgotten. Keep it "
-            "above the peak of signed requests per second × 2 × `AUTH_MAX_SKEW_S`; the memory an entry takes "
+            "above the peak of signed requests per second × (2 × `AUTH_MAX_SKEW_S` + 6); the memory an entry takes "
             "is in docs/security.md."
         ),
     )
@@ -161,9 +161,30 @@ class Settings(BaseSettings):
         ge=1024,
         description=(
             "Bytes: largest request body, declared by `Content-Length` or streamed chunked; larger is refused "
-            "with 413 `request_too_large` before parsing. The default fits a full batch of ordinary photos "
-            "sent inline (base64 adds a third) or uploaded; a body is held in memory while it is answered, "
-            "so this times the requests in flight bounds that memory (docs/security.md#requests)."
+            "with 413 `request_too_large` (a declared size before any byte is read). The default fits a full "
+            "batch of ordinary photos sent inline (base64 adds a third) or uploaded. What all bodies held at "
+            "once may take is `MAX_BUFFERED_REQUEST_BYTES` (docs/security.md#requests)."
+        ),
+    )
+    max_buffered_request_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description=(
+            "Bytes of request bodies one process holds at once, all requests together, from the first byte "
+            "read until the answer. A body whose `Content-Length` does not fit in what is left gets 503 "
+            "`overloaded` (with `Retry-After`) before it is read, one that outgrows it while arriving too. "
+            "Unset: 4 × `MAX_REQUEST_BYTES` (128 MiB by default). At least `MAX_REQUEST_BYTES`. Parsing "
+            "multiplies it: the memory it bounds is in docs/security.md#requests."
+        ),
+    )
+    request_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds: a request's whole body must arrive within this long of its headers; a slower one gets "
+            "408 `request_timeout` and the connection is closed. 30 s carries a full `MAX_REQUEST_BYTES` "
+            "body at about 1 MB/s; raise it for callers on slower links."
         ),
     )
     embeddings_model_alias: str | None = Field(
@@ -519,6 +540,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _buffer_fits_a_body(self) -> Settings:
+        if self.max_buffered_request_bytes is not None and self.max_buffered_request_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"MAX_BUFFERED_REQUEST_BYTES={self.max_buffered_request_bytes} is below MAX_REQUEST_BYTES="
+                f"{self.max_request_bytes}: a body of the largest size could never be read; raise "
+                "MAX_BUFFERED_REQUEST_BYTES, unset it (4 × MAX_REQUEST_BYTES), or lower MAX_REQUEST_BYTES"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _queue_fits_a_batch(self) -> Settings:
         if self.max_queued_items < self.max_batch_size:
             raise ValueError(
@@ -587,6 +618,16 @@ class Settings(BaseSettings):
                         f"at least {GOOD_SECRET_CHARS} random characters, e.g. `openssl rand -hex 32`"
                     )
         return warnings
+
+    def resolved_buffered_request_bytes(self) -> int:
+        """Bytes of request bodies a process holds at once: MAX_BUFFERED_REQUEST_BYTES, else 4 × MAX_REQUEST_BYTES."""
+        return self.max_buffered_request_bytes or 4 * self.max_request_bytes
+
+    @property
+    def image_path_kind(self) -> str:
+        """Name how images become model inputs, as far as it moves vectors (`pil-uint8` gives `pil`'s very pixels)."""
+        preprocess = "pil" if self.image_preprocess == "pil-uint8" else self.image_preprocess
+        return f"{preprocess}/{self.jpeg_decode}"
 
     def resolved_engine_max_batch(self, device: str) -> int:
         """Items per forward pass: ENGINE_MAX_BATCH, else 256 on CUDA and 32 on CPU."""

@@ -11,7 +11,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from app.api.body import M, auth_headers, parse_body
+from app.api.body import M, auth_headers, parse_body, read_json_body
 from app.api.observe import RequestRecord
 from app.auth.apikeys import bearer_token
 from app.auth.verify import AuthHeaders, Verified
@@ -74,16 +74,24 @@ class EmbedCall:
         """Return the request's JSON body validated as `model` (422 through RequestValidationError)."""
         return await parse_body(self.request, model)
 
+    async def raw_body(self) -> bytes:
+        """Return the request's JSON body as sent, not yet validated (`app.api.body.validate_json`)."""
+        return await read_json_body(self.request)
+
 
 async def get_embed_call(request: Request) -> EmbedCall:
-    """Refuse missing or stale signature headers, then a service not ready, before the body is validated."""
+    """Refuse missing, malformed or stale signature headers, then a service not ready, before the body is read."""
+    return _signed_call(request, api_key_accepted=False)
+
+
+def _signed_call(request: Request, *, api_key_accepted: bool) -> EmbedCall:
     # One dependency rather than four, headers read here (see app.api.body): FastAPI's resolution of
     # each parameter costs more than what it returns.
     services = cast(Services, request.state.services)
     headers = auth_headers(request)
     if headers.signature is None and bearer_token(request.headers.get("authorization")) is not None:
         services.verifier.refuse_api_key(headers.request_id)
-    services.verifier.precheck(headers)
+    services.verifier.precheck(headers, api_key_accepted=api_key_accepted)
     return _ready_call(services, request, headers)
 
 
@@ -91,7 +99,7 @@ async def get_openai_call(request: Request) -> EmbedCall:
     """As `get_embed_call`, but an `Authorization: Bearer` API key may stand for the signature (API_KEYS)."""
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
-        return await get_embed_call(request)
+        return _signed_call(request, api_key_accepted=True)
     services = cast(Services, request.state.services)
     headers = auth_headers(request)
     by_key = services.verifier.check_api_key(token, headers.request_id)

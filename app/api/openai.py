@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.api.answers import ERRORS, check_batch_size, json_response, note_failed_items, text_error
-from app.api.body import signed_json_operation
+from app.api.body import signed_json_operation, validate_json
 from app.api.deps import OpenAICallDep
 from app.api.observe import RequestRecord
 from app.errors import InvalidRequest, ServiceError
@@ -33,10 +33,13 @@ router = APIRouter()
     openapi_extra=signed_json_operation(OpenAIEmbeddingsRequest, api_key=True),
 )
 async def embeddings(call: OpenAICallDep) -> Response:
-    body = await call.body(OpenAIEmbeddingsRequest)
+    raw = await call.raw_body()
+    # Signed over the raw bytes: verified before they are parsed, so an unsigned body is never parsed.
+    call.verify(body_payload_id(raw))
+    body = validate_json(call.request, raw, OpenAIEmbeddingsRequest)
+    del raw  # parsed: what is left of the request is `body`
     inputs = [body.input] if isinstance(body.input, str) else body.input
     call.record.items = len(inputs)
-    call.verify(body_payload_id(await call.request.body()))
     settings = call.services.settings
     _check_model(body, call.info, settings.embeddings_model_alias)
     if not inputs:

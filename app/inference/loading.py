@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from app.inference.fingerprint import embedding_fingerprint
 from app.inference.image_tower import ImageOptions
 from app.inference.model import ClipEmbedder, Embedder, resolve_device
 from app.settings import Settings
@@ -21,7 +24,7 @@ def image_options(settings: Settings) -> ImageOptions:
 
 
 def load_clip(settings: Settings) -> Embedder:
-    """Load the configured open_clip model and run its warm-up forward."""
+    """Load the configured open_clip model, run its warm-up forward, and fingerprint its embedding space."""
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
@@ -36,4 +39,16 @@ def load_clip(settings: Settings) -> Embedder:
         images=image_options(settings),
     )
     embedder.warm_up()
+    info = embedder.info
+    fingerprint = embedding_fingerprint(
+        model=info.model,
+        weights=info.weights_sha256,
+        dtype=info.dtype,
+        device=info.device,
+        preprocess=info.preprocess,
+        context_length=info.context_length,
+        fast_decode=settings.fast_decode,
+        image_path=settings.image_path_kind,
+    )
+    embedder.info = replace(info, fingerprint=fingerprint)
     return embedder

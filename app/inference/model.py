@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from app.inference.cpu_kernels import pack_blocks
+from app.inference.fingerprint import weights_sha256
 from app.inference.image_tower import ImageOptions, ImagePathError, ImageTower
 from app.inference.payload import ImagePayload
 from app.inference.preprocess import Preprocess
@@ -32,7 +33,13 @@ class ModelLoadError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What /health reports about the loaded model."""
+    """What /health reports about the loaded model, and the embedding space it gives.
+
+    `fingerprint` (64 hex digits, app.inference.fingerprint) names the embedding space: equal
+    fingerprints, equal vectors. It tags the shared cache's entries; "" for a model whose space is
+    unknown (one not loaded by `app.inference.loading.load_clip`), which then shares no cache.
+    `weights_sha256` is the digest of the weights as loaded, `preprocess` the image transform.
+    """
 
     model: str
     pretrained: str
@@ -43,6 +50,9 @@ class ModelInfo:
     context_length: int
     load_seconds: float = 0.0
     kernels: str = "torch"
+    weights_sha256: str = ""
+    preprocess: str = ""
+    fingerprint: str = ""
 
 
 class Embedder(Protocol):
@@ -149,6 +159,8 @@ class ClipEmbedder:
                 "use CLIP_PRETRAINED=/path/to/checkpoint.pt (a local checkpoint file), or 'none' for random weights"
             ) from None
         self.model = model.eval()
+        # The weights as loaded, before any kernel repacks them (app.inference.fingerprint).
+        digest = weights_sha256(model)
         self._preprocess = Preprocess(preprocess)
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
@@ -190,6 +202,8 @@ class ClipEmbedder:
             context_length=int(self._tokenizer.context_length),
             load_seconds=time.perf_counter() - started,
             kernels="onednn-packed" if packed else "torch",
+            weights_sha256=digest,
+            preprocess=repr(preprocess),
         )
 
     def _image_hw(self) -> tuple[int, int]:

@@ -52,7 +52,7 @@ class SharedState:
         client: Redis,
         cache_client: Redis | None,
         *,
-        model_id: str,
+        model_id: str | None,
         cache_ttl_s: int,
         rate_items_per_s: float | None,
         rate_burst: int | None,
@@ -72,7 +72,7 @@ class SharedState:
         cls,
         url: str,
         *,
-        model_id: str,
+        model_id: str | None = None,
         cache_ttl_s: int,
         rate_items_per_s: float | None = None,
         rate_burst: int | None = None,
@@ -83,8 +83,9 @@ class SharedState:
     ) -> SharedState:
         """Build the shared state on `url` (e.g. `redis://127.0.0.1:6379/0`); connects lazily, on first use.
 
-        `model_id` names the model the cached vectors come from (model, weights, checkpoint), so that pods
-        serving different models never read each other's vectors. `rate_burst` defaults to one second of
+        `model_id` names the embedding space the cached vectors come from (`ModelInfo.fingerprint`), so that
+        pods serving different ones never read each other's vectors; without it the cache shares nothing
+        until `cache.use_model` is called, once the model is loaded. `rate_burst` defaults to one second of
         `rate_items_per_s`.
         """
         if timeout_s <= 0:
@@ -134,10 +135,9 @@ def open_shared_state(settings: Settings) -> SharedState | None:
     """Build the shared state STATE_URL names, or None without it (everything stays in the process)."""
     if settings.state_url is None:
         return None
+    # The cache shares vectors once the model is loaded and its fingerprint known (cache.use_model).
     return SharedState.from_url(
         settings.state_url.get_secret_value(),
-        # The cache never serves one model's vectors to another: model, weights or checkpoint, precision.
-        model_id=f"{settings.clip_model}|{settings.clip_pretrained}|{settings.model_dtype}",
         cache_ttl_s=settings.cache_ttl_s,
         rate_items_per_s=settings.rate_limit_items_per_s,
         rate_burst=settings.rate_limit_burst,

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from clip_client.codes import ErrorCode
 from clip_client.errors import ClipAuthError, ClipClientError, ClipConfigError
 from clip_client.factory import ClipClient, make_clip_client
 
@@ -72,17 +73,35 @@ async def _run(client: ClipClient, args: argparse.Namespace) -> tuple[dict[str, 
         return document, EXIT_FAILED if failed else EXIT_OK
 
 
+_SECRET_CHECK = "check that EMBEDDING_HMAC_SECRET here is one of the server's EMBEDDING_HMAC_SECRET keys"
+# What to check after each 401 code of the service (clip_client.codes.AUTH_CODES).
+AUTH_HINTS: dict[str, str] = {
+    ErrorCode.MISSING_AUTH_HEADERS: "the server got no signature: check that EMBEDDING_HMAC_SECRET is set here, "
+    "and that no proxy in between drops the X-Timestamp, X-Signature and X-Nonce headers",
+    ErrorCode.MALFORMED_AUTH_HEADERS: "a signature header arrived altered: check that no proxy in between "
+    "rewrites X-Timestamp, X-Signature or X-Nonce",
+    ErrorCode.TIMESTAMP_OUT_OF_WINDOW: "this machine's clock is further from the server's than AUTH_MAX_SKEW_S "
+    "(the message gives both clocks): synchronise it, e.g. with NTP",
+    ErrorCode.SIGNATURE_MISMATCH: f"{_SECRET_CHECK}, and that no proxy in between rewrites the path or the body",
+    ErrorCode.NONCE_REUSED: "the server already accepted a request with this X-Nonce: the client sends a new "
+    "one with every attempt, so something in between sent the request twice",
+    ErrorCode.API_KEY_INVALID: "check that the API key sent is one of the server's API_KEYS",
+}
+
+
 def auth_hint(exc: ClipAuthError, backend: str) -> str:
-    """Say what to check after a 401: the one reason is in the server's log only, under the request id."""
-    checks = (
-        "check that EMBEDDING_HMAC_SECRET here is one of the server's EMBEDDING_HMAC_SECRET keys, and that "
-        "this machine's clock is within the server's AUTH_MAX_SKEW_S (300 s unless set) of the server's clock"
-    )
-    if backend == "runpod_serverless":
-        checks += "; a 401 from RunPod itself means RUNPOD_API_KEY is wrong"
+    """Say what to check after a 401: from its code when the service says which check failed."""
+    checks = AUTH_HINTS.get(exc.code)
+    if checks is None:
+        checks = (
+            f"{_SECRET_CHECK}, and that this machine's clock is within the server's AUTH_MAX_SKEW_S (300 s "
+            "unless set) of the server's clock"
+        )
+        if backend == "runpod_serverless":
+            checks += "; a 401 from RunPod itself means RUNPOD_API_KEY is wrong"
     if exc.request_id:
-        return f"{checks}; the server logs the reason as 'auth refused' with request_id {exc.request_id}"
-    return f"{checks}; the server logs the reason as 'auth refused'"
+        return f"{checks}; the server logs the refusal as 'auth refused' with request_id {exc.request_id}"
+    return f"{checks}; the server logs the refusal as 'auth refused'"
 
 
 def error_document(exc: ClipClientError, backend: str | None) -> dict[str, object]:

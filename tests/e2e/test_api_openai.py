@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,16 +180,32 @@ def test_openai_sdk_retries_an_image_host_5xx(keyed, image_server):
     assert image_server.count("/status/502") == fetches + 2
 
 
-@pytest.mark.parametrize("header", ["Bearer sk-wrong", "Bearer ", "Basic abc", "Bearer " + KEY + "x", "Bearer é"])
-def test_openai_bad_bearer_is_401(keyed, header):
+UNKNOWN_KEY = "the API key (Authorization: Bearer) is not one of this service's API_KEYS"
+NO_KEY_NOR_SIGNATURE = (
+    "missing X-Timestamp and X-Signature: sign the request (docs/api.md#authentication), or send "
+    "Authorization: Bearer <API key>"
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "code", "message"),
+    [
+        ("Bearer sk-wrong", "api_key_invalid", UNKNOWN_KEY),
+        ("Bearer ", "api_key_invalid", UNKNOWN_KEY),
+        ("Bearer " + KEY + "x", "api_key_invalid", UNKNOWN_KEY),
+        ("Bearer é", "api_key_invalid", UNKNOWN_KEY),
+        ("Basic abc", "missing_auth_headers", NO_KEY_NOR_SIGNATURE),
+    ],
+)
+def test_openai_bad_bearer_is_401_naming_the_check(keyed, header, code, message):
     raw = json.dumps({"model": "clip-tiny", "input": "a"}).encode()
     status, body, _ = call(keyed.base, EMBEDDINGS_PATH, raw=raw, secret=None, headers={"Authorization": header})
-    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert (status, body["error"]["code"], body["error"]["message"]) == (401, code, message)
 
 
 def test_openai_sdk_bad_key_raises_authentication_error(keyed):
-    # The message names the key, as an SDK user never signs; the reason stays in the server's log.
-    with pytest.raises(openai.AuthenticationError, match="missing or invalid API key or request signature"):
+    # The message names the key, as an SDK user never signs; the details stay in the server's log.
+    with pytest.raises(openai.AuthenticationError, match=re.escape(UNKNOWN_KEY)):
         sdk(keyed, "sk-not-a-key").embeddings.create(model="clip-tiny", input="a cat")
 
 
@@ -203,12 +220,13 @@ def test_openai_sdk_bad_key_raises_authentication_error(keyed):
 def test_bearer_key_is_refused_on_the_signed_endpoints(keyed, path, body):
     headers = {"Authorization": f"Bearer {KEY}"}
     status, answer, _ = call(keyed.base, path, body, secret=None, headers=headers)
-    assert (status, answer["error"]["code"]) == (401, "unauthorized")
+    assert (status, answer["error"]["code"]) == (401, "missing_auth_headers")
+    assert answer["error"]["message"].endswith("an API key (Authorization: Bearer) is accepted on /v1/embeddings only")
 
 
 def test_openai_without_keys_configured_refuses_any_bearer(service):
     status, body = bearer(service, {"model": "clip-tiny", "input": "a"})
-    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert (status, body["error"]["code"]) == (401, "api_key_invalid")
 
 
 def test_openapi_lists_the_new_endpoints(keyed):

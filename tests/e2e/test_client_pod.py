@@ -71,7 +71,7 @@ async def test_client_wrong_secret_raises_auth_error_without_retry(service, imag
     async with client:
         with pytest.raises(ClipAuthError) as caught:
             await client.embed_image(image_server.url("img/photo0.jpg"))
-    assert caught.value.status == 401 and caught.value.code == "unauthorized"
+    assert caught.value.status == 401 and caught.value.code == "signature_mismatch"
     assert sent.requests == [("POST", "/v1/embed/image")]
     assert sleeps.delays == []
 

@@ -48,7 +48,7 @@ def test_request_log_line_has_id_endpoint_status_items_duration_and_error(servic
         1,
         "download_failed",
     )
-    assert (refused.status, refused.error_code) == (401, "unauthorized")
+    assert (refused.status, refused.error_code) == (401, "signature_mismatch")
     assert batch.duration_ms > 0
 
 

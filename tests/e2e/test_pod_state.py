@@ -85,13 +85,17 @@ def pod(log_path: Path, state_url: str, **env: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def pods(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def pods(
+    redis_server: RedisServer, checkpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     """Pods A and B on one Redis, with no in-process cache: a vector one answers without computing it
-    can only have come through Redis."""
+    can only have come through Redis. They load one checkpoint: random weights differ in every process,
+    and pods with different weights share no vectors."""
     folder = tmp_path_factory.mktemp("pods")
+    env = {"CACHE_MAX_ENTRIES": "0", "CLIP_PRETRAINED": checkpoint}
     with (
-        pod(folder / "a.log", redis_server.url, CACHE_MAX_ENTRIES="0") as a,
-        pod(folder / "b.log", redis_server.url, CACHE_MAX_ENTRIES="0") as b,
+        pod(folder / "a.log", redis_server.url, **env) as a,
+        pod(folder / "b.log", redis_server.url, **env) as b,
     ):
         yield a, b
 
@@ -136,7 +140,7 @@ def test_pod_state_nonce_accepted_by_one_pod_is_refused_by_the_other(pods, first
     replayed = call(pods[second], TEXT_PATH, body, secret=None, headers=headers)
     fresh = signed_headers(SECRET, "POST", TEXT_PATH, text_payload_id(body["text"]), nonce=new_nonce())
     resigned = call(pods[second], TEXT_PATH, body, secret=None, headers=fresh)
-    assert (accepted[0], replayed[0], replayed[1]["error"]["code"]) == (200, 401, "unauthorized")
+    assert (accepted[0], replayed[0], replayed[1]["error"]["code"]) == (200, 401, "nonce_reused")
     assert resigned[0] == 200  # the same request with a nonce of its own: it was the nonce that was refused
 
 
@@ -177,6 +181,66 @@ def test_pod_state_vector_computed_by_one_pod_is_served_by_the_other_from_redis(
     assert delta(b_before, b_after, "clip_cache_misses_total", kind=kind) == 0
     assert delta(b_before, b_after, "clip_batch_size_count", queue=queue) == 0
     assert delta(b_before, b_after, "clip_embeddings_total", kind=kind) == 1
+
+
+def redis_entries(redis_url: str, key: str) -> list[bytes]:
+    """Return the names of the cached vectors of in-process cache key `key`, under every model tag."""
+    store = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(store.scan_iter(match=f"clip:emb:*:{key}"))
+    finally:
+        store.close()
+
+
+def embed_without_sharing(base: str, path: str, body: dict, kind: str) -> list[float]:
+    """Embed on `base`; check that it computed the vector itself, nothing coming from the cache."""
+    before = scrape(base)
+    status, answer, _ = call(base, path, body)
+    after = scrape(base)
+    assert status == 200
+    assert delta(before, after, "clip_cache_hits_total", kind=kind) == 0
+    assert delta(before, after, "clip_cache_misses_total", kind=kind) == 1
+    return answer["embedding"]
+
+
+def test_pod_state_pods_differing_only_in_fast_decode_share_no_vectors(
+    pods, redis_server, images, checkpoint, tmp_path
+):
+    a = pods[0]  # FAST_DECODE=1, the default
+    data = jpeg_bytes(800, 600, seed=21, quality=100)  # over twice the input size: FAST_DECODE matters
+    images.files["fast-decode.jpg"] = data
+    body, key = {"image_url": images.url("img/fast-decode.jpg")}, image_key(data)
+    from_a = embed_without_sharing(a, IMAGE_PATH, body, "image")
+    until(lambda: len(redis_entries(redis_server.url, key)) == 1, "pod A's write to Redis")
+    env = {"CACHE_MAX_ENTRIES": "0", "CLIP_PRETRAINED": checkpoint, "FAST_DECODE": "0"}
+    with pod(tmp_path / "full-decode.log", redis_server.url, **env) as full:
+        from_full = embed_without_sharing(full, IMAGE_PATH, body, "image")
+        until(lambda: len(redis_entries(redis_server.url, key)) == 2, "the FAST_DECODE=0 pod's write to Redis")
+    assert from_full != from_a
+
+
+def test_pod_state_checkpoint_replaced_at_the_same_path_is_a_new_embedding_space(redis_server, tmp_path):
+    import open_clip
+    import torch
+
+    from app.inference.model import CONFIG_DIR
+
+    def save(seed: int) -> None:
+        open_clip.add_model_config(CONFIG_DIR)
+        torch.manual_seed(seed)
+        torch.save(open_clip.create_model("clip-tiny").state_dict(), path)
+
+    path = tmp_path / "model.pt"
+    text = "a caption embedded before and after the checkpoint changed"
+    env = {"CACHE_MAX_ENTRIES": "0", "CLIP_PRETRAINED": str(path)}
+    save(seed=5)
+    with pod(tmp_path / "old.log", redis_server.url, **env) as old:
+        from_old = embed_without_sharing(old, TEXT_PATH, {"text": text}, "text")
+        until(lambda: len(redis_entries(redis_server.url, text_key(text))) == 1, "the first pod's write to Redis")
+    save(seed=6)  # the same path, other weights
+    with pod(tmp_path / "new.log", redis_server.url, **env) as new:
+        from_new = embed_without_sharing(new, TEXT_PATH, {"text": text}, "text")
+    assert from_new != from_old
 
 
 @pytest.mark.parametrize("size", [(64, 48), (800, 600)])

@@ -118,7 +118,7 @@ def test_pod_nonce_replayed_to_another_worker_is_refused(running_pod):
     replay_pids = set()
     for i in range(1, 16):
         status, answer, _ = call(base, TEXT_PATH, body, secret=None, headers=headers | {"X-Request-ID": f"replay-{i}"})
-        assert (status, answer["error"]["code"]) == (401, "unauthorized")
+        assert (status, answer["error"]["code"]) == (401, "nonce_reused")
         replay_pids.add(_answered_by(log_path, f"replay-{i}"))
     assert replay_pids - {first_pid}, "no replay reached the other worker"
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from clip_client.signing import new_nonce, signed_headers, text_payload_id
 
-from tests.support.api import SECRET, call
+from tests.support.api import PAYLOAD_ID, SECRET, call
 from tests.support.data import TINY_APP_ENV, jpeg_bytes, tiny_settings
 from tests.support.imageserver import ImageServer
 from tests.support.redis import RedisServer, find_redis_server
@@ -69,7 +69,13 @@ def plain(checkpoint: str) -> Iterator[RunningService]:
 
 
 def _both(cluster: Cluster, plain: RunningService, path: str, body: object | None, **kwargs) -> tuple[tuple, tuple]:
-    return call(cluster.base, path, body, **kwargs), call(plain.base, path, body, **kwargs)
+    # One request id and one signature for both: a 401's body names its request id and the timestamp signed.
+    headers = {"X-Request-ID": "ray-or-plain"}
+    secret = kwargs.pop("secret", SECRET)
+    if isinstance(body, dict) and secret is not None:
+        headers |= signed_headers(secret, "POST", path, PAYLOAD_ID[path](body))
+    ray = call(cluster.base, path, body, secret=None, headers=headers, **kwargs)
+    return ray, call(plain.base, path, body, secret=None, headers=headers, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +154,7 @@ def test_ray_serve_refuses_a_nonce_replayed_to_the_other_replica(cluster):
             break
     else:
         pytest.fail("no replay reached the other replica in 20 tries")
-    assert set(answers) == {(401, "unauthorized")}
+    assert set(answers) == {(401, "nonce_reused")}
 
 
 def test_ray_serve_replaces_a_killed_replica_and_answers_no_500(cluster, images):
