@@ -23,7 +23,6 @@ PUBLISH_EVERY_S = 0.25
 SUPERVISOR_FILE = "supervisor.json"
 # Gauges summed over the workers (the rest of a worker's gauges describe the model and are the same).
 STATE_UP_HELP = "1 while the shared store (STATE_URL) answers, 0 while it is unreachable"
-STATE_FAILURES_HELP = "Calls to the shared store that failed (timeouts, connection errors), all pieces"
 SUMMED_GAUGES = {
     "clip_requests_in_flight": "/v1 requests being answered, all workers",
     "clip_admitted_items": "Images and texts admitted and not yet answered, all workers",
@@ -139,8 +138,6 @@ class PodBoard:
         up = [n.gauges["clip_shared_state_up"] for n in pod.notices if "clip_shared_state_up" in n.gauges]
         if up:
             yield GaugeMetricFamily("clip_shared_state_up", STATE_UP_HELP, value=min(up))
-            failures = sum(n.gauges.get("clip_shared_state_failures", 0.0) for n in pod.notices)
-            yield CounterMetricFamily("clip_shared_state_failures", STATE_FAILURES_HELP, value=failures)
         depth = GaugeMetricFamily("clip_queue_depth", "Items waiting for a forward pass, by queue", labels=["queue"])
         totals: dict[str, float] = {}
         for notice in pod.notices:
