@@ -133,8 +133,8 @@ class Services:
         """Yield the metrics read at scrape time: readiness, queues, cache, model, GPU memory."""
         yield gauge(
             "clip_ready",
-            "1 while /health answers 200 (model warm, engine alive, not draining)",
-            1.0 if self.ready() is not None else 0.0,
+            "1 while /health answers 200 (model warm, engine alive, not draining, the shared store answering)",
+            1.0 if self.ready() is not None and self.state_up else 0.0,
         )
         values, depths = self._load()
         for name, documentation in _LOAD_GAUGES.items():

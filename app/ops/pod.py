@@ -31,6 +31,14 @@ SUMMED_GAUGES = {
 }
 
 
+# A notice's status while the worker serves (app.services.Status.OK); any other is the worker's phase.
+READY = "ok"
+
+
+def _phase(status: str) -> str:
+    return "serving" if status == READY else status
+
+
 @dataclass(slots=True)
 class WorkerNotice:
     """What one worker says of itself."""
@@ -55,7 +63,7 @@ class PodSummary:
     @property
     def ready(self) -> int:
         """Count the workers that are ready and have spoken recently."""
-        return sum(1 for n in self.notices if n.status == "ok")
+        return sum(1 for n in self.notices if n.status == READY)
 
     @property
     def all_ready(self) -> bool:
@@ -73,7 +81,17 @@ class PodSummary:
             "expected": self.expected,
             "ready": self.ready,
             "restarts": self.restarts,
-            "workers": [{"index": n.index, "pid": n.pid, "status": n.status, "device": n.device} for n in self.notices],
+            # `ready` and `phase`, not `status`: only the top level of /health says `status`.
+            "workers": [
+                {
+                    "index": n.index,
+                    "pid": n.pid,
+                    "ready": n.status == READY,
+                    "phase": _phase(n.status),
+                    "device": n.device,
+                }
+                for n in self.notices
+            ],
         }
 
 
@@ -114,7 +132,7 @@ class PodBoard:
                 notice = WorkerNotice(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue  # removed or replaced while being read
-            if now - notice.updated > STALE_AFTER_S and notice.status == "ok":
+            if now - notice.updated > STALE_AFTER_S and notice.status == READY:
                 notice.status = "unresponsive"
             notices.append(notice)
         notices.sort(key=lambda n: n.index)
@@ -123,19 +141,22 @@ class PodBoard:
     def metrics(self) -> Iterator[Metric]:
         """Yield the pod's gauges: workers, their readiness, and the per-worker gauges summed."""
         pod = self.summary()
+        up = [n.gauges["clip_shared_state_up"] for n in pod.notices if "clip_shared_state_up" in n.gauges]
+        ready = pod.all_ready and min(up, default=1.0) == 1.0
         yield GaugeMetricFamily("clip_workers", "Worker processes configured (WORKERS)", value=pod.expected)
         yield GaugeMetricFamily("clip_workers_ready", "Worker processes ready to serve", value=pod.ready)
         yield CounterMetricFamily(
             "clip_worker_restarts", "Worker processes that died and were replaced", value=pod.restarts
         )
         yield GaugeMetricFamily(
-            "clip_ready", "1 while /health answers 200 (every worker ready)", value=1.0 if pod.all_ready else 0.0
+            "clip_ready",
+            "1 while /health answers 200 (every worker ready, the shared store answering)",
+            value=float(ready),
         )
         for name, documentation in SUMMED_GAUGES.items():
             values = [n.gauges[name] for n in pod.notices if name in n.gauges]
             if values:
                 yield GaugeMetricFamily(name, documentation, value=sum(values))
-        up = [n.gauges["clip_shared_state_up"] for n in pod.notices if "clip_shared_state_up" in n.gauges]
         if up:
             yield GaugeMetricFamily("clip_shared_state_up", STATE_UP_HELP, value=min(up))
         depth = GaugeMetricFamily("clip_queue_depth", "Items waiting for a forward pass, by queue", labels=["queue"])

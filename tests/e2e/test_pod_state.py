@@ -302,7 +302,7 @@ def test_pod_state_redis_killed_under_load_fails_closed_for_nonces_then_recovers
             load.phase = "down"
             load.wait_for(16, "down", nonce=True)
             load.wait_for(4, "down", nonce=False)
-            down_health = call(base, "/health")
+            down_health, down_live = call(base, "/health"), call(base, "/live")
             until(lambda: value(scrape(base), "clip_shared_state_up") == 0, "clip_shared_state_up 0")
             down_metrics = scrape(base)
             until(lambda: any("is unreachable" in m for m in log_messages(log_path)), "the log saying so")
@@ -325,8 +325,13 @@ def test_pod_state_redis_killed_under_load_fails_closed_for_nonces_then_recovers
     assert statuses == {"before": {200}, "down": {503}, "after": {200}}
     # Without a nonce nothing needs the store: served throughout, the cache failing open to a miss.
     assert {o.status for o in outcomes if not o.nonce} == {200}
-    # /health stays 200 ok (the pod still serves) and says the store is unreachable, then ok again.
-    assert (down_health[0], down_health[1]["status"], down_health[1]["shared_state"]) == (200, "ok", "unreachable")
+    # Readiness says the store is unreachable (signed requests would get 503), liveness stays 200, then ok again.
+    assert (down_health[0], down_health[1]["status"], down_health[1]["shared_state"]) == (
+        503,
+        "unavailable",
+        "unreachable",
+    )
+    assert (down_live[0], value(down_metrics, "clip_ready")) == (200, 0)
     assert (up_health[0], up_health[1]["status"], up_health[1]["shared_state"]) == (200, "ok", "ok")
     assert value(down_metrics, "clip_shared_state_failures_total") > 0
 
