@@ -21,7 +21,8 @@ METRICS_SUBFOLDER = "prometheus"
 # creates (app.ops.metrics makes counters and histograms, and no prometheus_client gauges).
 METRIC_FILE_TYPES = ("counter", "histogram")
 # Bytes written into each: prometheus_client starts a file at 64 KiB and doubles it when its series
-# outgrow it; the service's series take under 100 KiB per file.
+# outgrow it. Measured after every endpoint had answered, errors included: 4 KiB of counters and 40 KiB
+# of histograms per worker.
 METRIC_FILE_BYTES = 1 << 20
 WORKER_BYTES = METRIC_FILE_BYTES * len(METRIC_FILE_TYPES)
 _CHUNK = 1 << 20
