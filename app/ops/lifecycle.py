@@ -31,13 +31,25 @@ class Lifecycle:
     """The link between the process (signals) and the running app's services.
 
     `hold_while_loading`, asked once as the app starts: when it says yes, the app accepts connections
-    only once its model is loaded (or a stop signal came), instead of at once (app.ops.workers).
+    only once its model is loaded (or a stop signal came), instead of at once. `leaving_alone`, asked on
+    the first stop signal: when it says yes, the other processes on the listening socket go on serving,
+    so this one stops taking connections at once and finishes its requests instead of draining with its
+    listener open (503s). Both come from a pod's worker (app.ops.workers).
     """
 
-    def __init__(self, hold_while_loading: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        hold_while_loading: Callable[[], bool] | None = None,
+        leaving_alone: Callable[[], bool] | None = None,
+    ) -> None:
         self.services: Services | None = None
         self._hold_while_loading = hold_while_loading
+        self._leaving_alone = leaving_alone
         self._stop = asyncio.Event()
+
+    def leaving_alone(self) -> bool:
+        """Say whether this process stops while the others on its listening socket go on serving."""
+        return self._leaving_alone is not None and self._leaving_alone()
 
     def request_stop(self) -> None:
         """A stop signal came: end a hold at once (call it on the event loop)."""
@@ -54,12 +66,14 @@ class Lifecycle:
         finally:
             stop.cancel()
 
-    async def drain(self, grace_s: float) -> bool:
-        """Refuse new work, then wait for the /v1 requests in flight; return False if the grace ran out."""
+    async def drain(self, grace_s: float, *, refuse: bool = True) -> bool:
+        """Refuse new work (unless told not to), then wait for the /v1 requests in flight; return False if
+        the grace ran out."""
         services = self.services
         if services is None:
             return True
-        services.start_draining()
+        if refuse:
+            services.start_draining()
         in_flight = services.requests.count
         log.info(
             "draining: %d request(s) in flight, waiting up to %gs", in_flight, grace_s, extra={"in_flight": in_flight}
@@ -132,11 +146,17 @@ class DrainingServer(uvicorn.Server):
         self._lifecycle.request_stop()
 
     def _begin_drain(self, sig: int) -> None:
-        log.info("signal %d: draining before shutdown", sig)
-        self._drain = asyncio.create_task(self._drain_then_stop(), name="drain")
+        alone = self._lifecycle.leaving_alone()
+        if alone:
+            log.info("signal %d: leaving alone; no new connections, the other workers take them", sig)
+            for server in self.servers:
+                server.close()
+        else:
+            log.info("signal %d: draining before shutdown", sig)
+        self._drain = asyncio.create_task(self._drain_then_stop(refuse=not alone), name="drain")
 
-    async def _drain_then_stop(self) -> None:
+    async def _drain_then_stop(self, refuse: bool) -> None:
         try:
-            await self._lifecycle.drain(self._grace_s)
+            await self._lifecycle.drain(self._grace_s, refuse=refuse)
         finally:
             self.should_exit = True

@@ -117,11 +117,16 @@ class PodBoard:
     def count_restart(self) -> int:
         """Count one worker replaced; return the total so far."""
         restarts = self._restarts() + 1
-        path = self.folder / SUPERVISOR_FILE
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps({"restarts": restarts}))
-        os.replace(partial, path)
+        self._write_supervisor(restarts=restarts)
         return restarts
+
+    def mark_stopping(self) -> None:
+        """Say that the whole pod stops (the supervisor, before it signals the workers)."""
+        self._write_supervisor(stopping=True)
+
+    def stopping(self) -> bool:
+        """Say whether the whole pod stops, rather than one worker alone."""
+        return bool(self._supervisor().get("stopping", False))
 
     def summary(self, now: float | None = None) -> PodSummary:
         """Read every notice; a stale one counts as a hung worker."""
@@ -172,7 +177,18 @@ class PodBoard:
         return self.folder / f"worker-{pid}.json"
 
     def _restarts(self) -> int:
+        restarts = self._supervisor().get("restarts", 0)
+        return restarts if isinstance(restarts, int) else 0
+
+    def _supervisor(self) -> dict[str, object]:
         try:
-            return int(json.loads((self.folder / SUPERVISOR_FILE).read_text())["restarts"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+            said = json.loads((self.folder / SUPERVISOR_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return said if isinstance(said, dict) else {}
+
+    def _write_supervisor(self, **changes: object) -> None:
+        path = self.folder / SUPERVISOR_FILE
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(self._supervisor() | changes))
+        os.replace(partial, path)

@@ -7,7 +7,7 @@ codes and removes the pod's folder.
 Signals: SIGTERM, SIGINT and SIGQUIT to the supervisor drain every worker (each gets SIGTERM; gunicorn's
 own SIGINT and SIGQUIT would stop them at once); another one while they drain stops them at once (each
 gets SIGQUIT). A worker ignores SIGINT: a Ctrl+C reaches every process of the terminal's group, and the
-supervisor forwards it.
+supervisor forwards it. A worker that gets SIGTERM while the pod goes on leaves alone (app.ops.lifecycle).
 """
 
 from __future__ import annotations
@@ -72,6 +72,12 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
             self._stopping = True
             sig = signal.SIGTERM  # handle_term: stop() sends SIGTERM, and every worker drains
         super().signal(sig, frame)
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        # Before stop() signals the workers: each one drains as one process does, its listener open (503s),
+        # rather than as a worker leaving alone, which closes its listener first (app.ops.lifecycle).
+        self.app.board.mark_stopping()
+        super().halt(reason, exit_status)
 
 
 class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information

@@ -108,8 +108,12 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
             failed = True
             server.stop_now()
 
-        # Another worker ready: this one replaces a worker that died, and waits for its model before serving.
-        lifecycle = Lifecycle(hold_while_loading=lambda: board.summary().ready > 0)
+        lifecycle = Lifecycle(
+            # Another worker ready: this one replaces a worker that died, and waits for its model before serving.
+            hold_while_loading=lambda: board.summary().ready > 0,
+            # SIGTERM to this worker only (not from the supervisor stopping the pod): the others serve on.
+            leaving_alone=lambda: not board.stopping(),
+        )
         app = create_app(
             settings,
             embedder_factory=supervisor.embedder_factory or load_clip,

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
+from clip_client.signing import image_payload_id, signed_headers, text_payload_id
 
-from tests.support.api import call
+from tests.support.api import SECRET, call
 from tests.support.data import jpeg_bytes
 from tests.support.imageserver import ImageServer
 from tests.support.logs import json_log
 from tests.support.metrics import scrape, value
-from tests.support.pod import alive, health_until, pod, redis_or_skip, until, worker_pids
+from tests.support.pod import alive, answered_by, health_until, pod, redis_or_skip, until, worker_pids
 from tests.support.redis import RedisServer
 
 IMAGE_PATH = "/v1/embed/image"
+TEXT_PATH = "/v1/embed/text"
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +90,37 @@ def test_pod_drain_answers_metrics_until_the_last_worker_stops(redis_url, images
             answer = held.result(60)
         exit_code = proc.wait(60)
     assert (value(metrics, "clip_workers"), answer[0], exit_code) == (2, 200, 0)
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: dict[str, str], payload_id: str, request_id: str) -> int:
+    """POST a signed `body` on a kept-alive connection (so to the worker that holds it); return the status."""
+    headers = signed_headers(SECRET, "POST", path, payload_id) | {
+        "Content-Type": "application/json",
+        "X-Request-ID": request_id,
+    }
+    conn.request("POST", path, json.dumps(body), headers)
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def test_pod_worker_stopped_alone_takes_no_new_connection_and_finishes_its_requests(redis_url, images, tmp_path):
+    log_path = tmp_path / "server.log"
+    with pod(log_path, redis_url, SHUTDOWN_GRACE_S="60") as (_, base):
+        address = urlsplit(base)
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=90)
+        first = _post(conn, TEXT_PATH, {"text": "pin"}, text_payload_id("pin"), "pin")
+        victim = answered_by(log_path, "pin")
+        url = images.url("gated/a.jpg")
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(_post, conn, IMAGE_PATH, {"image_url": url}, image_payload_id(url), "held")
+            until(lambda: images.count("/gated/") == 1, "the request reaching the image server")
+            os.kill(victim, signal.SIGTERM)
+            until(lambda: any("leaving alone" in e["msg"] for e in json_log(log_path)), "the victim's drain")
+            # New connections while the victim finishes its request: the other worker takes every one.
+            meanwhile = [call(base, TEXT_PATH, {"text": f"meanwhile {i}"})[0] for i in range(30)]
+            images.gate.set()
+            held_status = held.result(60)
+        conn.close()
+        health_until(base, lambda s, b: s == 200 and b["pod"]["restarts"] == 1 and victim not in worker_pids(base))
+    assert (first, held_status, meanwhile) == (200, 200, [200] * 30)

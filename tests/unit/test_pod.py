@@ -115,3 +115,12 @@ def test_pod_board_metrics_ready_only_while_the_shared_store_answers(tmp_path, u
     board.publish(_notice(11, 0, clip_shared_state_up=1.0))
     board.publish(_notice(12, 1, clip_shared_state_up=up))
     assert {f"clip_ready {ready}", f"clip_shared_state_up {up}"} <= _lines(board)
+
+
+def test_pod_board_stopping_is_said_once_marked_and_keeps_the_restarts(tmp_path):
+    board = PodBoard(tmp_path, expected=2)
+    board.count_restart()
+    before = board.stopping()
+    board.mark_stopping()
+    board.count_restart()
+    assert (before, board.stopping(), board.summary().restarts) == (False, True, 2)
