@@ -39,6 +39,8 @@ from app.state.shared import open_shared_state, watch_shared_state
 log = logging.getLogger("app")
 
 EmbedderFactory = Callable[[Settings], Embedder]
+# How long shutdown waits for the background tasks to end, so that one that does not can never hang it.
+TASKS_STOP_S = 5.0
 
 
 def create_app(
@@ -68,7 +70,8 @@ def create_app(
             if local_vectors is not None or shared_vectors is not None
             else None
         )
-        tasks = [asyncio.create_task(watch_shared_state(services), name="shared-state")] if state else []
+        stopping = asyncio.Event()  # background tasks end on it: a cancellation can be swallowed (redis-py, 3.11)
+        tasks = [asyncio.create_task(watch_shared_state(services, stopping), name="shared-state")] if state else []
         if lifecycle is not None:
             lifecycle.services = services
         fetcher = make_fetcher(settings, lookup)
@@ -134,13 +137,17 @@ def create_app(
                 info.fingerprint[:16] or "unknown",
             )
 
-        tasks.append(asyncio.create_task(load(), name="model-loader"))
+        loader = asyncio.create_task(load(), name="model-loader")
+        tasks.append(loader)
         try:
+            if lifecycle is not None:
+                await lifecycle.before_serving(loader)  # a pod's replacement worker serves once loaded
             yield {"services": services}
         finally:
+            stopping.set()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks, timeout=TASKS_STOP_S)
             if services.engine is not None:
                 await services.engine.stop()
             await fetcher.aclose()

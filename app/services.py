@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app.auth.verify import RequestVerifier
 from app.inference.cache import EmbeddingCache
@@ -16,7 +16,7 @@ from app.inference.engine import Engine
 from app.inference.model import ModelInfo
 from app.ops.admission import Admission, RequestTracker
 from app.ops.metrics import Metrics, gauge, labelled_gauge
-from app.ops.pod import STATE_FAILURES_HELP, STATE_UP_HELP, PodBoard, WorkerNotice
+from app.ops.pod import STATE_UP_HELP, PodBoard, WorkerNotice
 from app.pipeline import EmbeddingPipeline
 from app.settings import Settings
 from app.state.shared import SharedState
@@ -72,6 +72,8 @@ class Services:
         admission = Admission(settings.max_queued_items)
         services = cls(settings, verifier, metrics=metrics, admission=admission, cache=cache, pod=pod, state=state)
         services.metrics.add_gauges(services.model_gauges if pod is not None else services.gauges)
+        if state is not None:
+            state.count_failures(metrics.count_state_failures())
         return services
 
     def ready(self) -> tuple[EmbeddingPipeline, ModelInfo] | None:
@@ -125,37 +127,27 @@ class Services:
     def _state_gauges(self) -> dict[str, float]:
         if self.state is None:
             return {}
-        return {
-            "clip_shared_state_up": 1.0 if self.state_up else 0.0,
-            "clip_shared_state_failures": float(sum(self.state.failure_counts().values())),
-        }
+        return {"clip_shared_state_up": 1.0 if self.state_up else 0.0}
 
     def gauges(self) -> Iterator[Metric]:
         """Yield the metrics read at scrape time: readiness, queues, cache, model, GPU memory."""
         yield gauge(
             "clip_ready",
-            "1 while /health answers 200 (model warm, engine alive, not draining)",
-            1.0 if self.ready() is not None else 0.0,
+            "1 while /health answers 200 (model warm, engine alive, not draining, the shared store answering)",
+            1.0 if self.ready() is not None and self.state_up else 0.0,
         )
         values, depths = self._load()
         for name, documentation in _LOAD_GAUGES.items():
             if name in values:
                 yield gauge(name, documentation, values[name])
-        yield from _state_metrics(values)
+        if "clip_shared_state_up" in values:
+            yield gauge("clip_shared_state_up", STATE_UP_HELP, values["clip_shared_state_up"])
         if self.engine is not None:
             yield labelled_gauge("clip_queue_depth", "Items waiting for a forward pass, by queue", "queue", depths)
         if self.load_seconds is not None:
             yield gauge("clip_model_load_seconds", "Seconds the model took to load and warm up", self.load_seconds)
         if self.info is not None:
             yield from _model_gauges(self.info)
-
-
-def _state_metrics(values: dict[str, float]) -> Iterator[Metric]:
-    if "clip_shared_state_up" in values:
-        yield gauge("clip_shared_state_up", STATE_UP_HELP, values["clip_shared_state_up"])
-        yield CounterMetricFamily(
-            "clip_shared_state_failures", STATE_FAILURES_HELP, value=values["clip_shared_state_failures"]
-        )
 
 
 def _model_gauges(info: ModelInfo) -> Iterator[Metric]:

@@ -83,19 +83,9 @@ def _stand_in(_: Settings) -> Embedder:
 
 def serve() -> int:
     """Run the service with the stand-in model as `python -m app` would: one process, or a pod of WORKERS."""
-    from app.ops.logs import configure_logging
-    from app.settings import OPENMP_SPIN_COUNT, Settings
+    from app.__main__ import main
 
-    os.environ.setdefault(OPENMP_SPIN_COUNT.name, OPENMP_SPIN_COUNT.default)
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
-    if settings.workers > 1:
-        from app.ops.workers import run_pod
-
-        return run_pod(settings, embedder_factory=_stand_in)
-    from app.__main__ import serve_one
-
-    return serve_one(settings, embedder_factory=_stand_in)
+    return main(embedder_factory=_stand_in)
 
 
 # --- the photo server (a child process) -------------------------------------------------------------

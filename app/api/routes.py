@@ -24,6 +24,7 @@ from app.schemas import (
 )
 
 router = APIRouter()
+STATE_DOWN_REASON = "the shared store (STATE_URL) is unreachable: signed requests with a nonce would get 503"
 # The signed endpoints' bodies, listed in the OpenAPI document's components (app.api.body.with_request_schemas).
 SIGNED_BODIES = (
     EmbedImageRequest,
@@ -61,14 +62,18 @@ async def health(services: ServicesDep) -> Response:
         body["reason"] = services.reason or "engine stopped"
     if services.state is not None:
         services.state_up = await services.state.ping()
-        # Reported, not a reason for 503: requests that need the store fail on their own (503).
         body["shared_state"] = "ok" if services.state_up else "unreachable"
+        if ready and not services.state_up:
+            # Every signed request with a nonce would get 503: a readiness probe must send traffic elsewhere.
+            ready = False
+            body["status"] = "unavailable"
+            body["reason"] = STATE_DOWN_REASON
     if services.pod is not None:
         pod = services.pod.summary()
         body["pod"] = pod.to_json()
         body["devices"] = pod.devices
         if ready and not pod.all_ready:
-            # A request must never land on a worker still loading while /health says ok.
+            # Workers starting with the pod accept at once (to answer 503 loading): ok only once all of them serve.
             ready = False
             body["status"] = "unavailable"
             body["reason"] = f"{pod.ready} of {pod.expected} workers ready"

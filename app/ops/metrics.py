@@ -28,6 +28,7 @@ ENDPOINTS = frozenset(
         "/v1/embeddings",
     }
 )
+STATE_FAILURES_HELP = "Calls to the shared store that failed (timeouts, connection errors), all pieces"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -103,6 +104,15 @@ class Metrics:
 
     def dropped(self, queue: str, reason: str, count: int) -> None:
         self.dropped_items.labels(reason).inc(count)
+
+    def count_state_failures(self) -> Callable[[], None]:
+        """Create the shared store's failure counter (STATE_URL); return what counts one failure.
+
+        A counter of this process (with WORKERS > 1, summed from every worker's file, the dead ones' included),
+        so that the pod's total never drops when a worker is replaced.
+        """
+        counter = Counter("clip_shared_state_failures", STATE_FAILURES_HELP, registry=self.registry)
+        return counter.inc
 
     def add_gauges(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Register a function whose metric families are read at every scrape."""

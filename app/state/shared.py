@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -116,6 +118,11 @@ class SharedState:
                 return False
         return True
 
+    def count_failures(self, count: Callable[[], None]) -> None:
+        """Call `count()` on every failed call to the store, from now on (the metrics' counter)."""
+        self.gate.failures.on_failure = count
+        self.cache.failures.on_failure = count
+
     def failure_counts(self) -> dict[str, int]:
         """Return how many calls to the store have failed, by piece (for /metrics)."""
         return {"gate": self.gate.failures.count, "cache": self.cache.failures.count}
@@ -150,15 +157,18 @@ class _Watched(Protocol):
     state_up: bool
 
 
-async def watch_shared_state(services: _Watched) -> None:
-    """Ping the store every few seconds; keep `services.state_up` current and log each change."""
+async def watch_shared_state(services: _Watched, stop: asyncio.Event) -> None:
+    """Ping the store every few seconds until `stop` is set; keep `services.state_up` current, log each change.
+
+    It ends on `stop`, not on cancellation alone: on Python 3.11 redis-py's waits can swallow a cancellation.
+    """
     state = services.state
     if state is None:
         return
     # What the log last said, apart from `state_up`: /health updates that too, and a change it sees first
     # must still be logged here.
     logged_up = services.state_up
-    while True:
+    while not stop.is_set():
         up = await state.ping()
         if up != logged_up:
             if up:
@@ -167,4 +177,6 @@ async def watch_shared_state(services: _Watched) -> None:
                 log.error("the shared store (STATE_URL) is unreachable: signed requests with a nonce get 503")
             logged_up = up
         services.state_up = up
-        await asyncio.sleep(WATCH_EVERY_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WATCH_EVERY_S):
+                await stop.wait()
