@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -24,9 +24,9 @@ from app.auth.verify import make_verifier
 from app.fetch.download import make_fetcher
 from app.fetch.urlguard import Lookup, system_lookup
 from app.inference.cache import TieredCache
-from app.inference.engine import Engine, model_executor
+from app.inference.engine import Engine, EngineLike, model_executor
 from app.inference.loading import load_clip
-from app.inference.model import Embedder, ModelInfo, ModelLoadError
+from app.inference.model import Embedder, ItemPreparer, ModelInfo, ModelLoadError
 from app.inference.model_guard import GuardedEmbedder
 from app.ops.lifecycle import Lifecycle
 from app.ops.pod import PodBoard
@@ -39,6 +39,8 @@ from app.state.shared import open_shared_state, watch_shared_state
 log = logging.getLogger("app")
 
 EmbedderFactory = Callable[[Settings], Embedder]
+# Connects to the model where it runs outside this process (the pod's engine processes: app.engine.client).
+EngineOpener = Callable[[], Awaitable[tuple[ItemPreparer, EngineLike]]]
 # How long shutdown waits for the background tasks to end, so that one that does not can never hang it.
 TASKS_STOP_S = 5.0
 
@@ -52,11 +54,13 @@ def create_app(
     lifecycle: Lifecycle | None = None,
     lookup: Lookup = system_lookup,
     pod: PodBoard | None = None,
+    engine_opener: EngineOpener | None = None,
 ) -> FastAPI:
     """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
     `on_ready` runs once the model is loaded, just before the app reports ready (python -m app settles
     the heap there), `lifecycle` the handle a server uses to drain it, `lookup` the DNS seam the URL guard checks,
-    `pod` the notice board of the pod's workers (WORKERS > 1)."""
+    `pod` the notice board of the pod's workers (WORKERS > 1), `engine_opener` the pod's engine processes
+    (ENGINE_PROCESS: the model is not loaded here, `embedder_factory` runs in them)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
@@ -78,11 +82,27 @@ def create_app(
         cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
         model_thread = model_executor()
 
+        async def open_engine() -> tuple[ItemPreparer, EngineLike]:
+            """Load the model here and start this process's engine on it (unless the engine is elsewhere)."""
+            if engine_opener is not None:
+                return await engine_opener()
+            loop = asyncio.get_running_loop()
+            embedder = await loop.run_in_executor(model_thread, embedder_factory, settings)
+            engine = Engine(
+                GuardedEmbedder(embedder, services.metrics),
+                max_batch=settings.resolved_engine_max_batch(embedder.info.device),
+                max_wait_ms=settings.engine_max_wait_ms,
+                observer=services.metrics,
+                model_thread=model_thread,
+                overlap=settings.engine_overlap,
+            )
+            engine.start()
+            return embedder, engine
+
         async def load() -> None:
             started = time.perf_counter()
             try:
-                loop = asyncio.get_running_loop()
-                embedder = await loop.run_in_executor(model_thread, embedder_factory, settings)
+                embedder, engine = await open_engine()
             except ModelLoadError as exc:
                 _fail(services, str(exc), on_fatal)
                 return
@@ -93,16 +113,6 @@ def create_app(
             services.load_seconds = time.perf_counter() - started
             if shared_vectors is not None:
                 _share_vectors(shared_vectors, embedder.info)
-            max_batch = settings.resolved_engine_max_batch(embedder.info.device)
-            engine = Engine(
-                GuardedEmbedder(embedder, services.metrics),
-                max_batch=max_batch,
-                max_wait_ms=settings.engine_max_wait_ms,
-                observer=services.metrics,
-                model_thread=model_thread,
-                overlap=settings.engine_overlap,
-            )
-            engine.start()
             services.engine = engine
             services.info = embedder.info
             services.pipeline = EmbeddingPipeline(

@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app.auth.verify import RequestVerifier
 from app.inference.cache import EmbeddingCache
-from app.inference.engine import Engine
+from app.inference.engine import EngineLike
 from app.inference.model import ModelInfo
 from app.ops.admission import Admission, RequestTracker
 from app.ops.metrics import Metrics, gauge, labelled_gauge
@@ -52,7 +52,7 @@ class Services:
     reason: str | None = "model is loading"
     info: ModelInfo | None = None
     load_seconds: float | None = None
-    engine: Engine | None = None
+    engine: EngineLike | None = None
     pipeline: EmbeddingPipeline | None = None
     pod: PodBoard | None = None  # the other workers' notices, when WORKERS > 1
     state: SharedState | None = None  # nonces, cache and rate limits shared through STATE_URL
@@ -115,14 +115,22 @@ class Services:
             values["clip_cache_entries"] = float(len(self.cache))
         values |= self._state_gauges()
         depths = {}
-        if self.engine is not None:
+        if self.engine is not None and self.engine.local:  # an engine process publishes its own
             depths = {q.name: float(q.depth) for q in (self.engine.images, self.engine.texts)}
         return values, depths
 
     def model_gauges(self) -> Iterator[Metric]:
         """Yield this worker's model gauges (with WORKERS > 1 the rest come from the notice board)."""
         if self.info is not None:
-            yield from _model_gauges(self.info)
+            yield from _model_gauges(self.info, gpu=self.engine is None or self.engine.local)
+
+    def unready_reason(self) -> str:
+        """Say why this process cannot serve (for /health and the 503 of a request)."""
+        if self.reason:
+            return self.reason
+        if self.engine is not None and not self.engine.alive:
+            return self.engine.unavailable_reason()
+        return self.status.value
 
     def _state_gauges(self) -> dict[str, float]:
         if self.state is None:
@@ -150,13 +158,15 @@ class Services:
             yield from _model_gauges(self.info)
 
 
-def _model_gauges(info: ModelInfo) -> Iterator[Metric]:
+def _model_gauges(info: ModelInfo, gpu: bool = True) -> Iterator[Metric]:
+    """Yield the model's info and, with `gpu` (the model runs in this process), its GPU memory."""
     family = GaugeMetricFamily(
         "clip_model_info", "The loaded model (value is always 1)", labels=["model", "pretrained", "device", "dtype"]
     )
     family.add_metric([info.model, info.pretrained, info.device, info.dtype], 1.0)
     yield family
-    if info.device.startswith("cuda") and torch.cuda.is_available():
+    # A worker fed by engine processes must not touch CUDA: it would make a CUDA context of its own.
+    if gpu and info.device.startswith("cuda") and torch.cuda.is_available():
         device = torch.device(info.device)
         yield gauge(
             "clip_gpu_memory_allocated_bytes", "GPU memory held by tensors", torch.cuda.memory_allocated(device)

@@ -400,6 +400,29 @@ class Settings(BaseSettings):
             "a nonce seen by one worker is refused by all. Sizing: README.pod.md, Scaling a pod."
         ),
     )
+    engine_process: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "`on`: the pod (`python -m app`) runs one engine process per visible GPU (one on the CPU) that holds "
+            "the model and batches the items of every HTTP worker, which then only handle the network, "
+            "signatures, downloads, the cache and decoding, and hand the engine payload bytes through shared "
+            "memory. `off`: each worker loads its own model replica and batches alone (worker i on GPU i mod "
+            "the GPUs). `auto`: `on` when `WORKERS` > 1. With `on` and `WORKERS=1` one worker feeds one "
+            "engine. Why and the figures: docs/performance.md (one engine per GPU)."
+        ),
+    )
+    engine_arena_mb: int = Field(
+        128,
+        ge=8,
+        le=65_536,
+        description=(
+            "MiB of shared memory each HTTP worker holds for the payloads it hands the engine processes "
+            "(`ENGINE_PROCESS`): JPEG bytes, pixels or token ids, from submission until the engine answers. "
+            "Only the pages used are committed. When it is full an item waits for room within its "
+            "request's deadline, then gets 503 `overloaded`; an image larger than all of it gets 413 "
+            "`image_too_large`. It is a memfd, not a file of /dev/shm: Docker's 64 MB `--shm-size` does not bound it."
+        ),
+    )
     state_url: SecretStr | None = Field(
         None,
         description=(
@@ -647,6 +670,10 @@ class Settings(BaseSettings):
             return ()
         top = self.resolved_engine_max_batch(device)
         return tuple(sorted({b for b in (1, 8, 16, 32, 64, 128, 256, 512) if b < top} | {top}))
+
+    def engine_process_on(self) -> bool:
+        """Say whether the pod runs engine processes (ENGINE_PROCESS, `auto`: when WORKERS > 1)."""
+        return self.engine_process == "on" or (self.engine_process == "auto" and self.workers > 1)
 
     def resolved_cpu_workers(self) -> int:
         """Threads for download, decode and preprocess: one per core, at least two."""

@@ -111,7 +111,7 @@ def _ready_call(
 ) -> EmbedCall:
     ready = services.ready()
     if ready is None:
-        raise Unavailable(f"service not ready: {services.reason or services.status.value}")
+        raise Unavailable(f"service not ready: {services.unready_reason()}")
     record = cast(RequestRecord, request.state.record)
     return EmbedCall(services, ready[1], record, request, headers, ready[0], _by_api_key=by_key)
 

@@ -59,7 +59,7 @@ async def health(services: ServicesDep) -> Response:
     ready = services.ready() is not None
     if not ready:
         body["status"] = services.reported_status()
-        body["reason"] = services.reason or "engine stopped"
+        body["reason"] = services.unready_reason()
     if services.state is not None:
         services.state_up = await services.state.ping()
         body["shared_state"] = "ok" if services.state_up else "unreachable"

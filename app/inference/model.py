@@ -55,8 +55,8 @@ class ModelInfo:
     fingerprint: str = ""
 
 
-class Embedder(Protocol):
-    """What the engine needs from a model; the real one wraps open_clip."""
+class ItemPreparer(Protocol):
+    """What the pipeline prepares items with: the model's info, its preprocessing and its tokenizer."""
 
     info: ModelInfo
 
@@ -67,6 +67,10 @@ class Embedder(Protocol):
     def tokenize(self, text: str) -> torch.Tensor:
         """Turn a text into a 1-D tensor of token ids (truncated to the context length)."""
         ...
+
+
+class Embedder(ItemPreparer, Protocol):
+    """What the engine needs from a model; the real one wraps open_clip."""
 
     def encode_images(self, pixels: list[ImagePayload]) -> VectorRows:
         """Return L2-normalised float32 vectors, one row per input, in order (or an input's error in its place)."""
@@ -162,6 +166,9 @@ class ClipEmbedder:
         # The weights as loaded, before any kernel repacks them (app.inference.fingerprint).
         digest = weights_sha256(model)
         self._preprocess = Preprocess(preprocess)
+        # The fields of open_clip's PreprocessCfg its eval transform was built from: an engine process's
+        # workers rebuild the same transform from them (app.engine.front).
+        self.preprocess_cfg: dict[str, object] = dict(getattr(model.visual, "preprocess_cfg", {}))
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         packed = 0
