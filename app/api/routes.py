@@ -76,7 +76,7 @@ async def health(services: ServicesDep) -> Response:
             # Workers starting with the pod accept at once (to answer 503 loading): ok only once all of them serve.
             ready = False
             body["status"] = "unavailable"
-            body["reason"] = f"{pod.ready} of {pod.expected} workers ready"
+            body["reason"] = pod.missing()
     response = json_response(body, 200 if ready else 503)
     if not ready:
         response.headers["Retry-After"] = RETRY_AFTER_S

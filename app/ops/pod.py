@@ -77,6 +77,13 @@ class PodSummary:
         """Say whether every expected worker, and engine process, is ready."""
         return self.ready >= self.expected and sum(e.ready for e in self.engines) >= self.expected_engines
 
+    def missing(self) -> str:
+        """Say which part of the pod is not ready: workers first, then engine processes."""
+        if self.ready < self.expected:
+            return f"{self.ready} of {self.expected} workers ready"
+        engines = sum(e.ready for e in self.engines)
+        return f"{engines} of {self.expected_engines} engine processes ready"
+
     @property
     def devices(self) -> list[str]:
         """Return the devices the workers (or the engine processes) run on, each once, in order."""
