@@ -89,19 +89,18 @@ class Item:
 
     @classmethod
     def from_wire(cls, raw: list[object]) -> Item:
-        ident, queue, caller, deadline, form, offset, length, meta = raw
-        numbers = (ident, caller, form, offset, length)
-        if (
-            queue not in ("images", "texts")
-            or not all(isinstance(n, int) for n in numbers)
-            or not isinstance(deadline, (int, float, type(None)))
-            or not isinstance(meta, list)
-            or not all(isinstance(m, (int, str)) for m in meta)
-        ):
+        try:
+            ident, queue, caller, deadline, form, offset, length, meta = raw
+            when = math.inf if deadline is None else float(deadline)  # type: ignore[arg-type]
+            item = cls(int(ident), queue, int(caller), when, Form(form), int(offset), int(length), tuple(meta))  # type: ignore[arg-type, call-overload]
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed item {raw!r:.200}: {exc}") from None
+        if queue not in _QUEUES or not all(type(m) is int or type(m) is str for m in item.meta):
             raise ProtocolError(f"malformed item {raw!r:.200}")
-        ident, caller, form, offset, length = (int(n) for n in numbers)  # type: ignore[call-overload]
-        when = math.inf if deadline is None else float(deadline)
-        return cls(ident, str(queue), caller, when, Form(form), offset, length, tuple(meta))
+        return item
+
+
+_QUEUES = frozenset({"images", "texts"})
 
 
 @dataclass(frozen=True, slots=True)
