@@ -27,7 +27,7 @@ def layout(payload: Payload) -> tuple[Form, tuple[int | str, ...], np.ndarray | 
     """Return how `payload` goes into the arena: its form, its meta and its bytes (an array or bytes)."""
     if isinstance(payload, EncodedImage):
         header = payload.header
-        return Form.JPEG, (header.width, header.height, header.orientation), payload.data
+        return Form.JPEG, (header.width, header.height, header.orientation), payload.encoded()
     if isinstance(payload, DecodedImage):
         pixels = np.ascontiguousarray(payload.pixels, dtype=np.uint8)
         if pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -56,7 +56,7 @@ def read(item: Item, arena: np.ndarray) -> Payload:
     try:
         if item.form is Form.JPEG:
             width, height, orientation = (int(v) for v in item.meta)
-            return EncodedImage(region.tobytes(), ImageHeader(width, height, orientation))
+            return EncodedImage(region, ImageHeader(width, height, orientation))  # a view: the decoder reads it there
         if item.form is Form.RGB:
             height, width = (int(v) for v in item.meta)
             return DecodedImage(region.reshape(height, width, 3))
