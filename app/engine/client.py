@@ -1,7 +1,7 @@
 """An HTTP worker's side of the engine processes: the queues its pipeline submits to (app.inference.engine.EngineLike).
 
 An item's bytes are written once into the worker's arena, and a few numbers naming them go to an engine
-(app.engine.wire). Every item of one request goes to one engine: the worker's home engine (worker i's is
+(app.engine.wire). Each item goes to the worker's home engine (worker i's is
 i mod the engines) unless that one is down or already has SPILL_BATCHES batches of this worker's items
 waiting, then the least loaded one. The answer frees the region and resolves the item's future; a link
 that drops fails its items with a retryable 503 (`unavailable`), and the arena's regions come back,

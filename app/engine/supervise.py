@@ -52,9 +52,16 @@ def engine_devices(device: str) -> list[str]:
         count = int(probe.stdout.strip() or 0)
     except (OSError, ValueError, subprocess.TimeoutExpired):
         count = 0
-    if count == 0:
+    return devices_for(device, count)
+
+
+def devices_for(device: str, gpus: int) -> list[str]:
+    """Return the engine processes' devices for DEVICE=`device` on a host with `gpus` visible GPUs."""
+    if device == "cpu" or device.startswith("cuda:"):
+        return [device]  # one named device: one engine on it
+    if gpus == 0:
         return [device]  # auto: the engine falls back to the CPU, with a warning; cuda: it fails to load, saying why
-    return [f"cuda:{i}" for i in range(count)]
+    return [f"cuda:{i}" for i in range(gpus)]
 
 
 def factory_reference(factory: Callable[..., object] | None) -> str | None:
