@@ -401,14 +401,15 @@ class Settings(BaseSettings):
         ),
     )
     engine_process: Literal["auto", "on", "off"] = Field(
-        "auto",
+        "off",
         description=(
             "`on`: the pod (`python -m app`) runs one engine process per visible GPU (one on the CPU) that holds "
             "the model and batches the items of every HTTP worker, which then only handle the network, "
             "signatures, downloads, the cache and decoding, and hand the engine payload bytes through shared "
             "memory. `off`: each worker loads its own model replica and batches alone (worker i on GPU i mod "
             "the GPUs). `auto`: `on` when `WORKERS` > 1. With `on` and `WORKERS=1` one worker feeds one "
-            "engine. Why and the figures: docs/performance.md (one engine per GPU)."
+            "engine. Off by default until a GPU run has measured it (on a CPU the runs disagree). Why and the "
+            "figures: docs/performance.md (one engine per GPU)."
         ),
     )
     engine_arena_mb: int = Field(
