@@ -195,7 +195,7 @@ class Settings(BaseSettings):
         description=(
             "Another name `/v1/embeddings` accepts in its `model` field, besides the served open_clip name "
             "(`CLIP_MODEL`), e.g. `clip` so that callers need not change when the model does. Answers name "
-            "the model as the caller did."
+            "the model as the caller did. With `MODELS`, give each entry its `alias` instead."
         ),
     )
 
@@ -226,7 +226,7 @@ class Settings(BaseSettings):
             "`both`, the default), `default` (serves requests that name no model; default: the first entry), "
             "`lazy` (load on first use), `idle_ttl_s` (unload after that long unused) and `matryoshka_dims` (the "
             "dimensions `dimensions` may truncate to). Each model has its own engine. Unset: one model, "
-            "`CLIP_MODEL` with `CLIP_PRETRAINED`, which must then stay unset. Example and memory: README.pod.md."
+            "`CLIP_MODEL` with `CLIP_PRETRAINED`; set, those two are ignored. Example and memory: README.pod.md."
         ),
     )
     device: str = Field(
@@ -394,8 +394,8 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000_000,
         description=(
-            "Embeddings kept in an LRU cache keyed by the SHA-256 of the image bytes or of the text, one "
-            "vector each; `0` turns it off."
+            "Embeddings kept in an LRU cache keyed by the SHA-256 of the image bytes or of the text (and, with "
+            "`MODELS`, the model's embedding space), one vector each, all models together; `0` turns it off."
         ),
     )
     log_format: Literal["json", "text"] = Field(
@@ -578,12 +578,10 @@ class Settings(BaseSettings):
     def _one_way_to_name_models(self) -> Settings:
         if self.models is None:
             return self
-        legacy = {"clip_model", "clip_pretrained", "embeddings_model_alias"} & self.model_fields_set
-        if legacy:
-            names = ", ".join(sorted(name.upper() for name in legacy))
+        if self.embeddings_model_alias is not None:
             raise ValueError(
-                f"MODELS and {names} are both set: with MODELS, give each model's weights and alias in its entry, "
-                f"and unset {names}"
+                "MODELS and EMBEDDINGS_MODEL_ALIAS are both set: with MODELS, give the model its alias in its "
+                'entry ("alias": "clip") and unset EMBEDDINGS_MODEL_ALIAS'
             )
         return self
 
@@ -686,6 +684,11 @@ class Settings(BaseSettings):
                 f"DEVELOPMENT MODE ON AN OPEN ADDRESS: HOST={self.host} with {settings}: anyone who can reach "
                 f"this address {risk}. Unset HOST to listen on {LOOPBACK_HOST} only, or unset the flags"
             )
+        if self.models is not None:
+            # The pod image sets both from its build arguments: MODELS, when set, is what the pod serves.
+            for name in ("clip_model", "clip_pretrained"):
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
+                    warnings.append(f"{name.upper()}={getattr(self, name)} is ignored: MODELS lists the models served")
         for name, keys, risk in (
             ("EMBEDDING_HMAC_SECRET", self.hmac_keys, "guessed offline from one signed request"),
             ("API_KEYS", self.api_key_list, "guessed"),

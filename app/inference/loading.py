@@ -25,11 +25,12 @@ def image_options(settings: Settings) -> ImageOptions:
 
 
 def load_clip(settings: Settings) -> Embedder:
-    """Load the first served model (CLIP_MODEL, or the one entry of `settings.for_model(spec)`), run its
+    """Load the default served model (CLIP_MODEL; with `settings.for_model(spec)`, that one entry), run its
     warm-up forward, and fingerprint its embedding space."""
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
-    spec = settings.served_models()[0]
+    specs = settings.served_models()
+    spec = next((s for s in specs if s.default), specs[0])
     device = resolve_device(settings.device)
     embedder = ClipEmbedder(
         spec.model,
@@ -58,3 +59,12 @@ def load_clip(settings: Settings) -> Embedder:
         info, fingerprint=fingerprint, name=spec.served_name, matryoshka_dims=spec.matryoshka_dims or ()
     )
     return embedder
+
+
+def load_every(settings: Settings) -> list[str]:
+    """Load each served model once, one at a time, and let it go: what the pod image bakes (weights and
+    tokenizers into the Hugging Face cache). Return the fingerprints, in MODELS' order."""
+    fingerprints = []
+    for spec in settings.served_models():
+        fingerprints.append(load_clip(settings.for_model(spec)).info.fingerprint)
+    return fingerprints

@@ -155,6 +155,9 @@ def _escaped(text: str) -> str:
     return re.escape(text)
 
 
-def test_models_settings_refuse_clip_model_beside_models():
-    with pytest.raises(ValueError, match="MODELS and CLIP_MODEL, CLIP_PRETRAINED are both set"):
-        models_settings([_spec("a")], clip_model="ViT-B-32", clip_pretrained="none")
+def test_models_settings_ignore_clip_model_beside_models_and_say_so():
+    settings = models_settings([_spec("a")], clip_model="ViT-L-14", clip_pretrained="laion2b_s34b_b79k")
+    assert [spec.served_name for spec in settings.served_models()] == ["a"]
+    assert settings.startup_warnings() == ["CLIP_MODEL=ViT-L-14 is ignored: MODELS lists the models served"]
+    with pytest.raises(ValueError, match="MODELS and EMBEDDINGS_MODEL_ALIAS are both set"):
+        models_settings([_spec("a")], embeddings_model_alias="clip")

@@ -8,6 +8,9 @@ on first use; errors are clear JSON (unknown model, wrong type, `dimensions`, a 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from clip_client.signing import (
 from clip_client.vectors import bits, unpack
 
 from app.inference import outputs
+from scripts.procs import PYTHONPATH, ROOT
 from tests.support.api import SECRET, call, multipart
 from tests.support.families import build_family
 from tests.support.metrics import delta, scrape, value
@@ -357,3 +361,49 @@ def test_served_start_failure_names_the_model(tmp_path: Path):
             time.sleep(0.05)
     assert (health[0], health[1]["status"]) == (503, "failed")
     assert health[1]["reason"].startswith(f"model broken: local-dir:{tmp_path}: no open_clip_config.json")
+
+
+def test_served_cli_lists_models_and_passes_model_and_type_on(pod, refs, monkeypatch, capsys):
+    monkeypatch.delenv("CLIP_INFERENCE_BACKEND", raising=False)
+    monkeypatch.setenv("CLIP_POD_BASE_URL", pod.base)
+    monkeypatch.setenv("EMBEDDING_HMAC_SECRET", SECRET)
+    runs = []
+    for argv in (
+        ["models"],
+        ["text", "a cat", "--model", SIGLIP2],
+        ["text", "a cat", "--model", SIGLIP2, "--embedding-type", "ubinary"],
+    ):
+        runs.append((main(argv), json.loads(capsys.readouterr().out)))
+    (listed, models), (plain, vector), (typed, codes) = runs
+    assert (listed, plain, typed) == (0, 0, 0)
+    assert [card["id"] for card in models["data"]] == [CLIP, SIGLIP2, TEXT_ONLY]
+    np.testing.assert_allclose(vector["embedding"], refs[SIGLIP2].texts(["a cat"])[0], rtol=0, atol=1e-4)
+    assert (codes["dim"], len(codes["embedding"]), codes["embedding_type"]) == (64, 8, "ubinary")
+    assert (
+        bits(codes["embedding"], "ubinary", 64).tolist() == (np.asarray(vector["embedding"]) > 0).astype(int).tolist()
+    )
+
+
+def _visual_search(base: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m examples.visual_search ARGS` against the service at `base`, as a user would."""
+    env = os.environ | {"PYTHONPATH": PYTHONPATH, "CLIP_POD_BASE_URL": base, "EMBEDDING_HMAC_SECRET": SECRET}
+    env.pop("CLIP_INFERENCE_BACKEND", None)
+    command = [sys.executable, "-m", "examples.visual_search", *args]
+    return subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_served_visual_search_keeps_one_embedding_space_per_index(pod, image_server, tmp_path):
+    listing = tmp_path / "urls.txt"
+    listing.write_text("".join(image_server.url(f"img/{name}") + "\n" for name in PHOTOS))
+    folder = tmp_path / "index"
+    indexed = _visual_search(pod.base, "index", str(listing), "--index", str(folder), "--model", SIGLIP2)
+    mixed = _visual_search(pod.base, "index", str(listing), "--index", str(folder), "--model", CLIP)
+    searched = _visual_search(pod.base, "search", "a cat", "--index", str(folder), "--json")
+    crossed = _visual_search(pod.base, "search", "a cat", "--index", str(folder), "--model", CLIP)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    fingerprint = call(pod.base, f"/v1/models/{SIGLIP2}")[1]["fingerprint"]
+    assert indexed.returncode == 0, indexed.stderr
+    assert (manifest["model"], manifest["fingerprint"], manifest["dim"]) == (SIGLIP2, fingerprint, 64)
+    assert mixed.returncode == 2 and f"was indexed with fingerprint='{fingerprint}'" in mixed.stderr
+    assert searched.returncode == 0 and len(json.loads(searched.stdout)) == 3  # the index's model, by default
+    assert crossed.returncode == 2 and "vectors of different spaces cannot be compared" in crossed.stderr
