@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from app.errors import InvalidRequest, ModelLoading, Unavailable
+from app.inference.cpu_kernels import return_freed_memory
 from app.inference.engine import Engine, model_executor
 from app.inference.model import Embedder, ModelInfo
 from app.inference.model_guard import GuardedEmbedder, free_accelerator_memory
@@ -274,7 +275,7 @@ class ModelRegistry:
         await loaded.engine.stop()
         await loaded.pipeline.aclose()
         del loaded
-        await asyncio.get_running_loop().run_in_executor(model.thread, free_accelerator_memory)
+        await asyncio.get_running_loop().run_in_executor(model.thread, _release)
         log.info("model %s unloaded after %.0f s without a request", model.name, model.spec.idle_ttl_s or 0)
 
     async def _reap(self, tick: float) -> None:
@@ -300,3 +301,9 @@ class ModelRegistry:
                 await loaded.engine.stop()
                 await loaded.pipeline.aclose()
             model.thread.shutdown(wait=loaded is not None, cancel_futures=True)
+
+
+def _release() -> None:
+    """Free what an unloaded model held: unreachable tensors, cached CUDA blocks, and freed heap pages."""
+    free_accelerator_memory()
+    return_freed_memory()

@@ -158,6 +158,28 @@ def _escaped(text: str) -> str:
 def test_models_settings_ignore_clip_model_beside_models_and_say_so():
     settings = models_settings([_spec("a")], clip_model="ViT-L-14", clip_pretrained="laion2b_s34b_b79k")
     assert [spec.served_name for spec in settings.served_models()] == ["a"]
-    assert settings.startup_warnings() == ["CLIP_MODEL=ViT-L-14 is ignored: MODELS lists the models served"]
+    assert settings.startup_warnings()[0] == "CLIP_MODEL=ViT-L-14 is ignored: MODELS lists the models served"
     with pytest.raises(ValueError, match="MODELS and EMBEDDINGS_MODEL_ALIAS are both set"):
         models_settings([_spec("a")], embeddings_model_alias="clip")
+
+
+def test_models_an_unloaded_model_is_let_go_whole():
+    # Nothing keeps the unloaded model alive (engine, pipeline, caches, threads): its memory can go back.
+    import gc
+    import weakref
+
+    made: list[weakref.ref[FakeEmbedder]] = []
+
+    def make(name: str) -> FakeEmbedder:
+        embedder = FakeEmbedder()
+        if name == "idle":
+            made.append(weakref.ref(embedder))
+        return embedder
+
+    models = [_spec("main"), _spec("idle", idle_ttl_s=0.2)]
+    with run_service(models_settings(models), embedder_factory=_named(make)) as svc:
+        assert _text(svc.base, "idle")[0] == 200
+        _until(lambda: not _card(svc.base, "idle")["loaded"], "idle unloaded")
+        _until(lambda: gc.collect() >= 0 and made[0]() is None, "the unloaded model collected", seconds=10)
+        main = _text(svc.base, "main")
+    assert main[0] == 200
