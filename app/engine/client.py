@@ -33,7 +33,7 @@ from app.inference.payload import ImagePayload
 if TYPE_CHECKING:
     from app.inference.engine import EngineLike
     from app.inference.model import ItemPreparer
-    from app.main import EngineOpener
+    from app.inference.registry import EngineOpener
     from app.ops.pod import PodBoard
     from app.settings import Settings
 

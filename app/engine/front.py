@@ -20,21 +20,19 @@ from app.inference.image_tower import PreprocessMode, image_payload
 from app.inference.model import ModelInfo, ModelLoadError
 from app.inference.payload import DecodedImage, ImagePayload
 from app.inference.preprocess import Preprocess
+from app.inference.sources import load_tokenizer, register_bundled_configs
+from app.inference.towers import ImageConfig, count_tokens
 
 
 class RemoteModel:
     """The engine's model as a worker sees it: info, preprocess and tokenize, no weights."""
 
     def __init__(self, ready: Ready) -> None:
-        import open_clip
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
-        from app.inference.model import CONFIG_DIR
-
-        known = {f.name for f in fields(ModelInfo)}
-        self.info = ModelInfo(**{k: v for k, v in ready.info.items() if k in known})  # type: ignore[arg-type]
-        open_clip.add_model_config(CONFIG_DIR)
-        self._tokenizer = open_clip.get_tokenizer(ready.tokenizer)
+        self.info = model_info(ready.info)
+        register_bundled_configs()
+        self._tokenizer = load_tokenizer(ready.tokenizer)
         self._mode: PreprocessMode | None = None
         self._preprocess: Preprocess | None = None
         if ready.preprocess_cfg is not None:
@@ -58,3 +56,17 @@ class RemoteModel:
     def tokenize(self, text: str) -> torch.Tensor:
         tokens: torch.Tensor = self._tokenizer([text])[0]
         return tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Return how many tokens the model sees of `text` (markers in, the context at most)."""
+        return count_tokens(self._tokenizer, text)
+
+
+def model_info(sent: dict[str, object]) -> ModelInfo:
+    """Return the engine's ModelInfo from its JSON form (lists back to tuples, the image config a dataclass)."""
+    known = {f.name for f in fields(ModelInfo)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in sent.items() if k in known}
+    image = values.get("image")
+    if isinstance(image, dict):
+        values["image"] = ImageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in image.items()})  # type: ignore[arg-type]
+    return ModelInfo(**values)  # type: ignore[arg-type]

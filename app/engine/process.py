@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from app.engine.server import EngineServer
 from app.inference.engine import Engine, model_executor
 from app.inference.loading import load_clip
 from app.inference.model import Embedder, ModelLoadError
-from app.inference.model_guard import GuardedEmbedder
+from app.inference.registry import make_engine
 from app.ops.exits import ExitCode
 from app.ops.metrics import Metrics
 from app.ops.pod import PUBLISH_EVERY_S
@@ -109,8 +109,10 @@ class EngineProcess:
         loop = asyncio.get_running_loop()
         model_thread = model_executor()
         factory = factory_named(self.args.factory)
+        # Settings allow ENGINE_PROCESS with one model only: MODELS' one entry, or CLIP_MODEL.
+        spec = self.settings.served_models()[0]
         try:
-            embedder = await loop.run_in_executor(model_thread, factory, self.settings)
+            embedder = await loop.run_in_executor(model_thread, factory, self.settings.for_model(spec))
         except ModelLoadError as exc:
             log.error("engine process %d: %s", self.args.index, exc)
             return ExitCode.START_FAILED
@@ -118,25 +120,21 @@ class EngineProcess:
             log.exception("engine process %d: the model failed to load", self.args.index)
             log.error("model failed to load: %s: %s", type(exc).__name__, exc)
             return ExitCode.START_FAILED
+        if self.settings.models is not None and not embedder.info.name:
+            embedder.info = replace(embedder.info, name=spec.served_name)
         info = embedder.info
         self.device = info.device
         metrics = Metrics()
+        metrics.add_model(spec.served_name)
         max_batch = self.settings.resolved_engine_max_batch(info.device)
-        engine = Engine(
-            GuardedEmbedder(embedder, metrics),
-            max_batch=max_batch,
-            max_wait_ms=self.settings.engine_max_wait_ms,
-            observer=metrics,
-            model_thread=model_thread,
-            overlap=self.settings.engine_overlap,
-        )
+        engine = make_engine(embedder, spec.served_name, self.settings, metrics, model_thread)
         engine.start()
         self.engine = engine
         ready = wire.Ready(
             engine=self.args.index,
             pid=os.getpid(),
             info=asdict(info),
-            tokenizer=self.settings.clip_model,
+            tokenizer=info.model,
             preprocess_cfg=getattr(embedder, "preprocess_cfg", None) or None,
             image_preprocess=self.settings.image_preprocess,
             jpeg_decode=self.settings.jpeg_decode,

@@ -31,6 +31,7 @@ from tests.support.metrics import scrape, value
 from tests.support.photos import corrupt_scan, photo, photo_jpeg
 from tests.support.pod import answered_by, health_until, pod, redis_or_skip, until
 from tests.support.redis import RedisServer
+from tests.support.served import signed_call
 from tests.support.service import run_service
 
 IMAGE_PATH = "/v1/embed/image"
@@ -164,11 +165,15 @@ def test_engine_process_sigterm_drains_the_items_in_the_engine_then_stops_it_las
     log_path = tmp_path / "server.log"
     env = ON | {"GATE_FILE": str(gate), "SHUTDOWN_GRACE_S": "30"}
     with pod(log_path, redis_url, module=GATED, **env) as (proc, base), ThreadPoolExecutor(6) as pool:
-        requests = [
-            pool.submit(call, base, IMAGE_PATH, {"image_url": data_uri(jpeg_bytes(80, 60, i))}) for i in range(6)
+        # One image held on the model first, then five more: they queue behind it (sent together, all six
+        # could make the first batch, the engine waiting for the items the workers announce).
+        requests = [pool.submit(call, base, IMAGE_PATH, {"image_url": data_uri(jpeg_bytes(80, 60, 0))})]
+        until(lambda: held(gate), "the first image held in the engine")
+        requests += [
+            pool.submit(call, base, IMAGE_PATH, {"image_url": data_uri(jpeg_bytes(80, 60, i))}) for i in range(1, 6)
         ]
-        until(lambda: held(gate) and value(scrape(base), "clip_requests_in_flight") == 6, "six requests in flight")
-        until(lambda: engine_images(base)["queue_depth"] >= 1, "images queued behind the held batch")
+        until(lambda: value(scrape(base), "clip_requests_in_flight") == 6, "six requests in flight")
+        until(lambda: engine_images(base)["queue_depth"] == 5, "five images queued behind the held batch")
         proc.send_signal(signal.SIGTERM)
         health = health_until(base, lambda s, b: s == 503, timeout_s=10)
         gate.unlink()
@@ -260,3 +265,31 @@ def test_engine_process_pod_health_lists_the_engine_and_metrics_count_it(redis_u
         1,
         1,
     )
+
+
+def test_engine_process_serves_the_one_model_of_models_by_its_name(redis_url, checkpoint, tmp_path):
+    models = [{"model": "clip-tiny", "pretrained": checkpoint, "name": "tiny", "matryoshka_dims": [8]}]
+    picture = data_uri(photo_jpeg(96, 64, seed=7))
+    with pod(tmp_path / "server.log", redis_url, MODELS=json.dumps(models), **ON) as (_, base):
+        listed = call(base, "/v1/models")[1]
+        text = signed_call(base, TEXT_PATH, {"text": "a cat", "model": "tiny", "dimensions": 8})
+        image = signed_call(base, IMAGE_PATH, {"image_url": picture, "model": "tiny"})
+        unknown = signed_call(base, TEXT_PATH, {"text": "a cat", "model": "other"})
+        health = call(base, "/health")[1]
+    card = listed["data"][0]
+    assert [m["id"] for m in listed["data"]] == ["tiny"]
+    assert (card["loaded"], card["status"], health["pod"]["engines"][0]["ready"]) == (True, "ready", True)
+    assert (text[0], text[1]["model"], len(text[1]["embedding"])) == (200, "tiny", 8)
+    assert (image[0], image[1]["model"], len(image[1]["embedding"])) == (200, "tiny", health["dim"])
+    assert (unknown[0], unknown[1]["error"]["code"]) == (422, "invalid_request")
+
+
+def test_engine_process_with_several_models_refuses_to_start_saying_how_to_fix_it(tmp_path):
+    models = [{"model": "clip-tiny", "pretrained": "none", "name": n} for n in ("a", "b")]
+    env = os.environ | TINY_APP_ENV | ON | {"PYTHONPATH": PYTHONPATH, "WORKERS": "1", "MODELS": json.dumps(models)}
+    env |= {"HOST": "127.0.0.1", "PORT": str(free_port())}
+    done = subprocess.run(
+        [sys.executable, "-m", "app"], check=False, cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "MODELS lists 2 (a, b): set ENGINE_PROCESS=off" in done.stderr.decode()
