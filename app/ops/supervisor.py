@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger as GunicornLogger
 
 from app.ops.exits import ExitCode
@@ -61,6 +62,7 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
     def __init__(self, app: PodSupervisor) -> None:
         super().__init__(app)
         self._stopping = False
+        self._halting = False
 
     def signal(self, sig: int, frame: FrameType | None) -> None:
         # The signal handler: it only queues (no logging), except for the second stop signal, which cannot
@@ -77,7 +79,19 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
         # Before stop() signals the workers: each one drains as one process does, its listener open (503s),
         # rather than as a worker leaving alone, which closes its listener first (app.ops.lifecycle).
         self.app.board.mark_stopping()
+        self._halting = True
         super().halt(reason, exit_status)
+
+    def reap_workers(self) -> None:
+        # Every worker that cannot load the model fails to boot at about the same time: the first one halts
+        # the pod, and gunicorn's stop() would raise again, uncaught, as it reaps the next one.
+        while True:
+            try:
+                super().reap_workers()
+                return
+            except HaltServer:
+                if not self._halting:
+                    raise
 
 
 class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
