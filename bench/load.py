@@ -2,7 +2,8 @@
 
 Each client loops: one request of B image URLs (from a local static server over a photo folder) or
 B texts, waits for the answer, repeats until the duration is over. 127.0.0.1 only.
-Prints items/s, p50/p99 request latency and errors; --json prints one JSON object.
+Prints items/s, p50/p99 request latency and errors; --json prints one JSON object. `--server` takes a
+comma-separated list: client i sends to server i mod n (servers behind no balancer, split evenly).
 
 Usage: EMBEDDING_HMAC_SECRET=... python -m bench.load --server http://127.0.0.1:8000 \
            --kind image -c 16 -b 1 --duration 30 [--photos ../shared/photos --glob '*-1mp.jpg']
@@ -52,8 +53,8 @@ def _request(kind: str, batch: int, urls: list[str], n: int) -> tuple[str, dict,
 async def run_load(
     server: str, kind: str, clients: int, batch: int, duration: float, urls: list[str], secret: str
 ) -> dict:
-    host = urlsplit(server).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    servers = server.split(",")
+    if any(urlsplit(s).hostname not in ("127.0.0.1", "localhost", "::1") for s in servers):
         raise SystemExit("bench.load only targets servers on this machine (127.0.0.1)")
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -61,7 +62,7 @@ async def run_load(
     counter = 0
     deadline = time.perf_counter() + duration
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client(session: aiohttp.ClientSession, server: str) -> None:
         nonlocal items, counter
         while time.perf_counter() < deadline:
             counter += 1
@@ -93,7 +94,7 @@ async def run_load(
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
+        await asyncio.gather(*(client(session, servers[i % len(servers)]) for i in range(clients)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
