@@ -18,8 +18,9 @@ from collections.abc import Callable
 import numpy as np
 
 from app.auth.verify import make_verifier
-from app.errors import InvalidRequest, ServiceError
+from app.errors import InvalidRequest, InvalidUrl, ServiceError
 from app.fetch.download import ImageFetcher, make_fetcher
+from app.fetch.urlchars import url_text_problem
 from app.inference.decode import decode_image
 from app.inference.loading import load_clip
 from app.inference.model import Embedder
@@ -67,6 +68,9 @@ class LegacyHandler:
         image_url = payload.get("image_url")
         if not isinstance(image_url, str) or not image_url:
             raise InvalidRequest("input.image_url must be a non-empty string")
+        problem = url_text_problem(image_url)
+        if problem is not None:
+            raise InvalidUrl(problem)
         # The job id stands for the request id: the refusal's log line carries it.
         self._verifier.verify_legacy(image_url, payload.get("timestamp"), payload.get("signature"), job_id)
         return image_url
@@ -76,7 +80,10 @@ class LegacyHandler:
         draft = self._embedder.info.image_size if s.fast_decode else None
         pixels = self._embedder.preprocess(decode_image(data, max_pixels=s.max_image_pixels, draft_size=draft))
         with self._model_lock:
-            return self._embedder.encode_images([pixels])[0]
+            (row,) = self._embedder.encode_images([pixels])
+        if isinstance(row, Exception):
+            raise row
+        return row
 
     def _fetcher_for_loop(self) -> ImageFetcher:
         """The aiohttp session belongs to one event loop; make a new fetcher if the loop changed."""

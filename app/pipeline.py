@@ -21,7 +21,9 @@ from app.fetch.download import ImageFetcher
 from app.inference.cache import TieredCache, image_key, text_key
 from app.inference.decode import decode_image
 from app.inference.engine import Engine
+from app.inference.jpeg_route import engine_jpeg
 from app.inference.model import Embedder
+from app.inference.payload import ImagePayload
 from app.ops.admission import Admission
 from app.ops.metrics import Metrics
 
@@ -37,10 +39,10 @@ INLINE_HASH_BYTES = 16 * 1024
 
 @dataclass(slots=True)
 class _Prepared:
-    """One downloaded image: its cached vector, or the pixels to compute it from."""
+    """One downloaded image: its cached vector, or what the engine computes it from."""
 
     key: str | None
-    pixels: torch.Tensor | None = None
+    pixels: ImagePayload | None = None
     vector: np.ndarray | None = None
 
 
@@ -56,10 +58,12 @@ class EmbeddingPipeline:
         *,
         max_pixels: int,
         fast_decode: bool,
+        jpeg_decode: str = "pool",
         request_timeout_s: float = 60.0,
         admission: Admission | None = None,
         metrics: Metrics | None = None,
         cache: TieredCache | None = None,
+        model: str | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._embedder = embedder
@@ -67,13 +71,19 @@ class EmbeddingPipeline:
         self._pool = cpu_pool
         self._max_pixels = max_pixels
         self._draft_size = embedder.info.image_size if fast_decode else None
+        self._engine_jpeg = jpeg_decode == "engine"
         self._timeout_s = request_timeout_s
         self._admission = admission or Admission(limit=sys.maxsize)
         self._metrics = metrics or Metrics()
         self._cache = cache
+        self._model = model or embedder.info.served_name  # the `model` label of the per-model series
 
-    def pixels_from_bytes(self, data: bytes) -> torch.Tensor:
-        """Decode and preprocess one image (blocking; runs on the CPU pool)."""
+    def pixels_from_bytes(self, data: bytes) -> ImagePayload:
+        """Decode and preprocess one image, or check a JPEG for the engine to decode (blocking; runs on the CPU pool)."""
+        if self._engine_jpeg:
+            encoded = engine_jpeg(data, max_pixels=self._max_pixels)
+            if encoded is not None:
+                return encoded
         image = decode_image(data, max_pixels=self._max_pixels, draft_size=self._draft_size)
         return self._embedder.preprocess(image)
 
@@ -91,7 +101,7 @@ class EmbeddingPipeline:
             self._count_cache("image", hit=False)
         return _Prepared(key, pixels=self._decode(data))
 
-    def _decode(self, data: bytes) -> torch.Tensor:
+    def _decode(self, data: bytes) -> ImagePayload:
         started = time.perf_counter()
         pixels = self.pixels_from_bytes(data)
         self._metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
@@ -147,7 +157,7 @@ class EmbeddingPipeline:
             with self._engine.images.expecting(1):
                 prepared = await self._prepare(url)
             vector = await self._compute(prepared, deadline)
-        self._metrics.embeddings.labels("image").inc()
+        self._count("image", 1)
         return vector
 
     async def embed_images(self, urls: Sequence[str | bytes]) -> list[ItemResult]:
@@ -171,14 +181,14 @@ class EmbeddingPipeline:
             _raise_unexpected(computed)
         vectors = iter(computed)
         results: list[ItemResult] = [next(vectors) if isinstance(p, _Prepared) else p for p in prepared]  # type: ignore[misc]
-        self._count_outcomes("image", results)
+        self._count_vectors("image", results)
         return results
 
     async def embed_text(self, text: str) -> np.ndarray:
         """Embed one text; a long one is tokenised off the event loop."""
         with self._admission.admit(1):
             vector = await self._text_vector(text, time.monotonic() + self._timeout_s)
-        self._metrics.embeddings.labels("text").inc()
+        self._count("text", 1)
         return vector
 
     async def embed_texts(self, texts: Sequence[str]) -> list[ItemResult]:
@@ -191,20 +201,24 @@ class EmbeddingPipeline:
             )
             _raise_unexpected(outcomes)
         results: list[ItemResult] = list(outcomes)  # type: ignore[arg-type]
-        self._count_outcomes("text", results)
+        self._count_vectors("text", results)
         return results
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Return how many tokens the model sees of each text: start and end markers in, the context at most."""
         loop = asyncio.get_running_loop()
+        count = getattr(self._embedder, "count_tokens", None) or self._nonzero_tokens
         counts = []
         for text in texts:
             if len(text) <= INLINE_TOKENIZE_CHARS:
-                tokens = self._embedder.tokenize(text)
+                counts.append(count(text))
             else:
-                tokens = await loop.run_in_executor(self._pool, self._embedder.tokenize, text)
-            counts.append(int(torch.count_nonzero(tokens)))
+                counts.append(await loop.run_in_executor(self._pool, count, text))
         return counts
+
+    def _nonzero_tokens(self, text: str) -> int:
+        """Count the ids before the padding of a tokenizer that pads with 0 (open_clip's own)."""
+        return int(torch.count_nonzero(self._embedder.tokenize(text)))
 
     async def _text_vector(self, text: str, deadline: float, caller: object | None = None) -> np.ndarray:
         key = text_key(text) if self._cache is not None else None
@@ -218,12 +232,18 @@ class EmbeddingPipeline:
                 self._cache.put(key, vector)
         return vector
 
-    def _count_outcomes(self, kind: str, results: Sequence[ItemResult]) -> None:
-        for result in results:
-            if isinstance(result, ServiceError):
-                self._metrics.errors.labels(result.code).inc()
-            else:
-                self._metrics.embeddings.labels(kind).inc()
+    def _count_vectors(self, kind: str, results: Sequence[ItemResult]) -> None:
+        # Failed items are counted by the request that answers them (app.api.observe), once each.
+        self._count(kind, sum(1 for r in results if not isinstance(r, ServiceError)))
+
+    def _count(self, kind: str, vectors: int) -> None:
+        self._metrics.embeddings.labels(kind).inc(vectors)
+        self._metrics.model_embeddings.labels(self._model, kind).inc(vectors)
+
+    async def aclose(self) -> None:
+        """Wait for this pipeline's cache writes still running (app.inference.cache.TieredCache.aclose)."""
+        if self._cache is not None:
+            await self._cache.aclose()
 
     async def _tokenize(self, text: str) -> torch.Tensor:
         if len(text) <= INLINE_TOKENIZE_CHARS:
@@ -235,7 +255,7 @@ class EmbeddingPipeline:
         (self._metrics.cache_hits if hit else self._metrics.cache_misses).labels(kind).inc()
 
 
-def _consume(future: asyncio.Future[torch.Tensor]) -> None:
+def _consume(future: asyncio.Future[ImagePayload]) -> None:
     """Mark a decode's error as retrieved, so that one no one waits for is not logged as unhandled."""
     if not future.cancelled():
         future.exception()

@@ -7,6 +7,7 @@ docs/configuration.md, grouped by SECTIONS.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.inference.spec import ModelSpec, check_served
 
 GOOD_SECRET_CHARS = 32
 LOOPBACK_HOST = "127.0.0.1"
@@ -61,7 +64,7 @@ class Settings(BaseSettings):
         description=(
             "Seconds: a request whose `X-Timestamp` is further than this from the server clock, either way, "
             "is refused (401). Raise it only for callers whose clocks drift; nonces are remembered for twice "
-            "this long."
+            "this long plus 6 s (the timestamp's whole acceptance window and a margin)."
         ),
     )
     require_nonce: bool = Field(
@@ -75,9 +78,9 @@ class Settings(BaseSettings):
         1_000_000,
         ge=1,
         description=(
-            "Most nonces remembered at once, each for twice `AUTH_MAX_SKEW_S`. When it is full of live ones, "
+            "Most nonces remembered at once, each for 2 × `AUTH_MAX_SKEW_S` + 6 s. When it is full of live ones, "
             "a request with a new nonce gets 503 `overloaded` rather than an old nonce being forgotten. Keep it "
-            "above the peak of signed requests per second × 2 × `AUTH_MAX_SKEW_S`; the memory an entry takes "
+            "above the peak of signed requests per second × (2 × `AUTH_MAX_SKEW_S` + 6); the memory an entry takes "
             "is in docs/security.md."
         ),
     )
@@ -161,9 +164,30 @@ class Settings(BaseSettings):
         ge=1024,
         description=(
             "Bytes: largest request body, declared by `Content-Length` or streamed chunked; larger is refused "
-            "with 413 `request_too_large` before parsing. The default fits a full batch of ordinary photos "
-            "sent inline (base64 adds a third) or uploaded; a body is held in memory while it is answered, "
-            "so this times the requests in flight bounds that memory (docs/security.md#requests)."
+            "with 413 `request_too_large` (a declared size before any byte is read). The default fits a full "
+            "batch of ordinary photos sent inline (base64 adds a third) or uploaded. What all bodies held at "
+            "once may take is `MAX_BUFFERED_REQUEST_BYTES` (docs/security.md#requests)."
+        ),
+    )
+    max_buffered_request_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description=(
+            "Bytes of request bodies one process holds at once, all requests together, from the first byte "
+            "read until the answer. A body whose `Content-Length` does not fit in what is left gets 503 "
+            "`overloaded` (with `Retry-After`) before it is read, one that outgrows it while arriving too. "
+            "Unset: 4 × `MAX_REQUEST_BYTES` (128 MiB by default). At least `MAX_REQUEST_BYTES`. Parsing "
+            "multiplies it: the memory it bounds is in docs/security.md#requests."
+        ),
+    )
+    request_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds: a request's whole body must arrive within this long of its headers; a slower one gets "
+            "408 `request_timeout` and the connection is closed. 30 s carries a full `MAX_REQUEST_BYTES` "
+            "body at about 1 MB/s; raise it for callers on slower links."
         ),
     )
     embeddings_model_alias: str | None = Field(
@@ -171,7 +195,7 @@ class Settings(BaseSettings):
         description=(
             "Another name `/v1/embeddings` accepts in its `model` field, besides the served open_clip name "
             "(`CLIP_MODEL`), e.g. `clip` so that callers need not change when the model does. Answers name "
-            "the model as the caller did."
+            "the model as the caller did. With `MODELS`, give each entry its `alias` instead."
         ),
     )
 
@@ -192,6 +216,19 @@ class Settings(BaseSettings):
             "exits naming the alternatives."
         ),
     )
+    models: Annotated[tuple[ModelSpec, ...] | None, NoDecode] = Field(
+        None,
+        description=(
+            "Several models in one process, as a JSON list, one object per model: `model` (an open_clip name, or "
+            "`local-dir:/path`, a folder with open_clip_config.json, weights and tokenizer files), `pretrained` "
+            "(with a name: a tag, a checkpoint file, or `none`), and optionally `name` (what requests send as "
+            "`model`; default: the open_clip name or the folder's name), `alias`, `towers` (`image`, `text` or "
+            "`both`, the default), `default` (serves requests that name no model; default: the first entry), "
+            "`lazy` (load on first use), `idle_ttl_s` (unload after that long unused) and `matryoshka_dims` (the "
+            "dimensions `dimensions` may truncate to). Each model has its own engine. Unset: one model, "
+            "`CLIP_MODEL` with `CLIP_PRETRAINED`; set, those two are ignored. Example and memory: README.pod.md."
+        ),
+    )
     device: str = Field(
         "auto",
         description=(
@@ -206,8 +243,9 @@ class Settings(BaseSettings):
         ge=1,
         le=4096,
         description=(
-            "Most items (images, or texts) in one forward pass. Unset: 64 on CUDA, 32 on the CPU. Lower it "
-            "when batches run out of GPU memory (`clip_oom_events_total` rises)."
+            "Most items (images, or texts) in one forward pass. Unset: 256 on CUDA (ViT-B-32 on an H200: 10,835 "
+            "images/s at 256 against 9,471 at 64, fp16), 32 on the CPU. Lower it when batches run out of GPU "
+            "memory (`clip_oom_events_total` rises)."
         ),
     )
     engine_max_wait_ms: float = Field(
@@ -246,6 +284,52 @@ class Settings(BaseSettings):
             "`1` compiles the image tower (torch.compile) for fixed batch sizes, powers of two up to "
             "`ENGINE_MAX_BATCH`; start-up takes much longer (one compile per size). Off until it is measured "
             "on a GPU (bench/README.md)."
+        ),
+    )
+    image_preprocess: Literal["pil", "pil-uint8", "tensor"] = Field(
+        "pil",
+        description=(
+            "Where an image becomes the model's input. `pil`: open_clip's own transform on the decode threads, "
+            "float32 pixels to the engine (vectors identical to open_clip's). `pil-uint8`: the same resize and "
+            "crop on the decode threads, uint8 pixels to the engine, normalised there on the model's device "
+            "(bit-identical to `pil`, a quarter of the bytes to copy). `tensor`: the decode threads only decode; "
+            "the engine resizes, crops and normalises each batch with tensor ops on the model's device (on a GPU, "
+            "no host core resizes; vectors within a cosine of 0.9995 of open_clip's). Why: docs/performance.md."
+        ),
+    )
+    jpeg_decode: Literal["pool", "engine"] = Field(
+        "pool",
+        description=(
+            "`engine` hands baseline JPEGs to the engine undecoded, after the header checks (format, pixel "
+            "budget), and the engine decodes each batch on the model's device with torchcodec: nvJPEG on the "
+            "GPU's JPEG engines on CUDA. Progressive, CMYK and other JPEGs, every other format, and a JPEG the "
+            "batch decoder refuses are decoded by the decode threads, as with `pool`. Needs "
+            "`IMAGE_PREPROCESS=tensor`. Off until a GPU run has checked it (bench/README.md)."
+        ),
+    )
+    cuda_blocking_wait: bool = Field(
+        False,
+        description=(
+            "On CUDA: `1` waits for a batch's vectors on a blocking CUDA event, so that the waiting thread "
+            "sleeps instead of spinning on a host core for the whole forward pass. No effect on the CPU."
+        ),
+    )
+    engine_overlap: bool = Field(
+        False,
+        description=(
+            "`1` starts the next image batch (decode, preprocess, forward) while the device still runs the "
+            "current one, whose vectors a second thread waits for; at most two batches are in flight. Meant "
+            "for CUDA; on the CPU it only moves the wait to that thread."
+        ),
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description=(
+            "torch's threads for its CPU work in each server process. Unset: torch's default, one per core. "
+            "On CUDA the model runs on the GPU and torch's CPU threads only stack and copy batches; `1` keeps "
+            "a team of OpenMP threads per worker from waking, and spinning, on the host's cores."
         ),
     )
     cpu_packed_linear: bool = Field(
@@ -310,8 +394,8 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000_000,
         description=(
-            "Embeddings kept in an LRU cache keyed by the SHA-256 of the image bytes or of the text, one "
-            "vector each; `0` turns it off."
+            "Embeddings kept in an LRU cache keyed by the SHA-256 of the image bytes or of the text (and, with "
+            "`MODELS`, the model's embedding space), one vector each, all models together; `0` turns it off."
         ),
     )
     log_format: Literal["json", "text"] = Field(
@@ -388,6 +472,26 @@ class Settings(BaseSettings):
     def _blank_alias_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_from_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"MODELS is not JSON ({exc}); write a list of objects, e.g. "
+                '[{"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}]'
+            ) from None
+
+    @field_validator("models")
+    @classmethod
+    def _models_are_served(cls, value: tuple[ModelSpec, ...] | None) -> tuple[ModelSpec, ...] | None:
+        return None if value is None else check_served(value)
+
     @field_validator("host", mode="before")
     @classmethod
     def _blank_host_is_none(cls, value: object) -> object:
@@ -426,6 +530,14 @@ class Settings(BaseSettings):
                 )
         return hosts
 
+    @field_validator("state_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            # The value is not quoted: it may hold a password.
+            raise ValueError("STATE_URL must start with redis://, rediss:// or unix:// (e.g. redis://127.0.0.1:6379/0)")
+        return value
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
@@ -459,6 +571,36 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"RATE_LIMIT_BURST={self.rate_limit_burst} is below MAX_BATCH_SIZE={self.max_batch_size}: a full "
                 "batch request could never be admitted; raise RATE_LIMIT_BURST or lower MAX_BATCH_SIZE"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> Settings:
+        if self.models is None:
+            return self
+        if self.embeddings_model_alias is not None:
+            raise ValueError(
+                "MODELS and EMBEDDINGS_MODEL_ALIAS are both set: with MODELS, give the model its alias in its "
+                'entry ("alias": "clip") and unset EMBEDDINGS_MODEL_ALIAS'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _jpeg_decode_has_a_tensor_path(self) -> Settings:
+        if self.jpeg_decode == "engine" and self.image_preprocess != "tensor":
+            raise ValueError(
+                f"JPEG_DECODE=engine needs IMAGE_PREPROCESS=tensor (not {self.image_preprocess}): the JPEGs it "
+                "decodes on the model's device are resized there; set IMAGE_PREPROCESS=tensor or JPEG_DECODE=pool"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _buffer_fits_a_body(self) -> Settings:
+        if self.max_buffered_request_bytes is not None and self.max_buffered_request_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"MAX_BUFFERED_REQUEST_BYTES={self.max_buffered_request_bytes} is below MAX_REQUEST_BYTES="
+                f"{self.max_request_bytes}: a body of the largest size could never be read; raise "
+                "MAX_BUFFERED_REQUEST_BYTES, unset it (4 × MAX_REQUEST_BYTES), or lower MAX_REQUEST_BYTES"
             )
         return self
 
@@ -498,6 +640,29 @@ class Settings(BaseSettings):
             return self.host
         return LOOPBACK_HOST if self.dev_flags else ALL_INTERFACES
 
+    def served_models(self) -> tuple[ModelSpec, ...]:
+        """Return the models to serve, the default one marked: MODELS, else CLIP_MODEL as the only one."""
+        if self.models is not None:
+            return self.models
+        local = self.clip_model.startswith("local-dir:")
+        # Not validated: these settings meant what they mean before MODELS existed (any alias, any name).
+        spec = ModelSpec.model_construct(
+            model=self.clip_model,
+            pretrained=None if local else self.clip_pretrained,
+            name=None,
+            alias=self.embeddings_model_alias,
+            towers="both",
+            default=True,
+            lazy=False,
+            idle_ttl_s=None,
+            matryoshka_dims=None,
+        )
+        return (spec,)
+
+    def for_model(self, spec: ModelSpec) -> Settings:
+        """Return these settings with `spec` as the only model: what one model's loader reads."""
+        return self.model_copy(update={"models": (spec,)})
+
     @property
     def random_weights(self) -> bool:
         """Say whether the model runs with random weights (CLIP_PRETRAINED=none)."""
@@ -519,6 +684,11 @@ class Settings(BaseSettings):
                 f"DEVELOPMENT MODE ON AN OPEN ADDRESS: HOST={self.host} with {settings}: anyone who can reach "
                 f"this address {risk}. Unset HOST to listen on {LOOPBACK_HOST} only, or unset the flags"
             )
+        if self.models is not None:
+            # The pod image sets both from its build arguments: MODELS, when set, is what the pod serves.
+            for name in ("clip_model", "clip_pretrained"):
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
+                    warnings.append(f"{name.upper()}={getattr(self, name)} is ignored: MODELS lists the models served")
         for name, keys, risk in (
             ("EMBEDDING_HMAC_SECRET", self.hmac_keys, "guessed offline from one signed request"),
             ("API_KEYS", self.api_key_list, "guessed"),
@@ -532,9 +702,19 @@ class Settings(BaseSettings):
                     )
         return warnings
 
+    def resolved_buffered_request_bytes(self) -> int:
+        """Bytes of request bodies a process holds at once: MAX_BUFFERED_REQUEST_BYTES, else 4 × MAX_REQUEST_BYTES."""
+        return self.max_buffered_request_bytes or 4 * self.max_request_bytes
+
+    @property
+    def image_path_kind(self) -> str:
+        """Name how images become model inputs, as far as it moves vectors (`pil-uint8` gives `pil`'s very pixels)."""
+        preprocess = "pil" if self.image_preprocess == "pil-uint8" else self.image_preprocess
+        return f"{preprocess}/{self.jpeg_decode}"
+
     def resolved_engine_max_batch(self, device: str) -> int:
-        """Items per forward pass: ENGINE_MAX_BATCH, else 64 on CUDA and 32 on CPU."""
-        return self.engine_max_batch or (64 if device.startswith("cuda") else 32)
+        """Items per forward pass: ENGINE_MAX_BATCH, else 256 on CUDA and 32 on CPU."""
+        return self.engine_max_batch or (256 if device.startswith("cuda") else 32)
 
     def compile_buckets(self, device: str) -> tuple[int, ...]:
         """Batch sizes to compile for (ENGINE_COMPILE=1): powers of two up to the engine's max batch."""

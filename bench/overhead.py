@@ -51,7 +51,10 @@ class StandIn:
     def __init__(self) -> None:
         from app.inference.model import ModelInfo
 
-        self.info = ModelInfo("stand-in", "none", "cpu", "float32", 512, image_size=224, context_length=77)
+        # Every stand-in gives the same vectors, so processes may share them in Redis (bench.workers).
+        self.info = ModelInfo(
+            "stand-in", "none", "cpu", "float32", 512, image_size=224, context_length=77, fingerprint="bench-stand-in"
+        )
         self._tokenizer = open_clip.get_tokenizer("ViT-B-32")
         self._vector = np.full(512, 512**-0.5, dtype=np.float32)
 

@@ -18,7 +18,10 @@ CPU each request costs the serving processes (the plain server; the replicas; HA
 proxy), from /proc. Figures go to bench/README.md. 127.0.0.1 only; Linux; do not run it beside other
 heavy work (the machine's cores are shared by every process measured).
 
-Usage: python -m bench.ray_overhead [--duration 8] [--arms proxy,haproxy,direct]
+`--plot PATH` also draws the caption loads (items/s and p50 against clients: the plain server, each arm
+on 1 and 2 replicas) into a PNG.
+
+Usage: python -m bench.ray_overhead [--duration 8] [--arms proxy,haproxy,direct] [--plot ray.png]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from app.serve.node import node_env
 from bench.overhead import SERVER_ENV, tiny_photos
+from bench.plot import Panel, machine_note, sweep_figure
 from bench.procs import cpu_seconds
 from scripts.procs import free_port, spawn, stop, wait_healthy
 
@@ -120,6 +124,22 @@ def plain_server() -> Iterator[tuple[str, int]]:
         yield f"http://127.0.0.1:{port}", server.pid
     finally:
         stop(server)
+
+
+def sweep_panels(rows: list[Row], kind: str = "text") -> tuple[Panel, Panel]:
+    """Return the plot's panels: items/s and p50 against clients for `kind`, one line per arm and replica
+    count, and one for the plain server (the mean of its loads beside the arms')."""
+    rate, p50 = Panel(f"{kind}s/s"), Panel("p50 ms")
+    plain: dict[int, list[Figures]] = {}
+    for arm, replicas, row_kind, clients, before, figures in rows:
+        if row_kind == kind:
+            plain.setdefault(clients, []).append(before)
+            rate.add(f"{arm}, {replicas} replica(s)", clients, figures["items_per_s"])
+            p50.add(f"{arm}, {replicas} replica(s)", clients, figures["p50_ms"])
+    for clients, runs in sorted(plain.items()):
+        rate.add("plain", clients, sum(r["items_per_s"] for r in runs) / len(runs))
+        p50.add("plain", clients, sum(r["p50_ms"] for r in runs) / len(runs))
+    return rate, p50
 
 
 def _stand_in(settings: object) -> object:
@@ -208,6 +228,7 @@ def main() -> None:
     parser.add_argument("--plain", help=argparse.SUPPRESS)
     parser.add_argument("--plain-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--photos", help=argparse.SUPPRESS)
+    parser.add_argument("--plot", type=Path, help="also draw the caption loads into this PNG")
     args = parser.parse_args()
     if not 1 <= args.duration <= 120:
         raise SystemExit("duration must be 1..120 s")
@@ -223,6 +244,10 @@ def main() -> None:
         for arm in (a for a in ARMS if a in arms):
             rows += run_arm_in_child(arm, plain, args.duration, photos)
     print_tables(rows)
+    if args.plot:
+        title = "bench.ray_overhead: captions, stand-in model, plain server and each Serve ingress"
+        note = f"{args.duration:g} s per load; {machine_note()}"
+        print(f"plot: {sweep_figure(args.plot, title, 'clients', sweep_panels(rows), note, log_x=True)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ so that the machine's drift hits every side; the ratios are taken within each re
 workers one GPU takes). Bounded: each load runs `--duration` s; 127.0.0.1 only; every process it
 starts is stopped on exit (SIGTERM and Ctrl-C too). Linux (/proc).
 
-Usage: python -m bench.workers [--duration 8] [--repeats 2] [--workers 1,2] [--json out.json]
+`--plot PATH` also draws images/s and server CPU per image against WORKERS into a PNG (bench/plot.py).
+
+Usage: python -m bench.workers [--duration 8] [--repeats 2] [--workers 1,2] [--json out.json] [--plot w.png]
        python -m bench.workers --model ViT-B-32 --device cuda --workers 1,2,4,8 --parts scaling
 """
 
@@ -46,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict, cast
 
+from bench.plot import Panel, machine_note, sweep_figure
 from bench.procs import cpu_seconds
 from scripts.procs import ROOT, NotUp, free_port, spawn, stop, wait_healthy, wait_until_up
 from tests.support.redis import RedisServer, find_redis_server
@@ -80,19 +83,9 @@ def _stand_in(_: Settings) -> Embedder:
 
 def serve() -> int:
     """Run the service with the stand-in model as `python -m app` would: one process, or a pod of WORKERS."""
-    from app.ops.logs import configure_logging
-    from app.settings import OPENMP_SPIN_COUNT, Settings
+    from app.__main__ import main
 
-    os.environ.setdefault(OPENMP_SPIN_COUNT.name, OPENMP_SPIN_COUNT.default)
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
-    if settings.workers > 1:
-        from app.ops.workers import run_pod
-
-        return run_pod(settings, embedder_factory=_stand_in)
-    from app.__main__ import serve_one
-
-    return serve_one(settings, embedder_factory=_stand_in)
+    return main(embedder_factory=_stand_in)
 
 
 # --- the photo server (a child process) -------------------------------------------------------------
@@ -572,6 +565,19 @@ HEADER = (
 )
 
 
+def scaling_panels(runs: list[Figures], latency_load: str) -> tuple[Panel, Panel]:
+    """Return the plot's panels: images/s and server CPU per image against WORKERS, the mean of the repeats,
+    one line per saturation load with STATE_URL, and WORKERS=1 without it as a point of its own."""
+    rate, cpu = Panel("images/s"), Panel("server CPU µs per image")
+    groups = sorted({(r.load, r.state, r.workers) for r in runs if r.load != latency_load})
+    for load, state, workers in groups:
+        picked = _pick(runs, None, workers, state, load)
+        name = f"{load}, " + ("STATE_URL" if state else "no STATE_URL")
+        rate.add(name, workers, _mean([r.images_per_s for r in picked]))
+        cpu.add(name, workers, _mean([r.server_us for r in picked]))
+    return rate, cpu
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -611,6 +617,7 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="the server's DEVICE (default cpu)")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    parser.add_argument("--plot", type=Path, help="also draw images/s and CPU per image against WORKERS (PNG)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-photos", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -686,6 +693,10 @@ def main() -> None:
         print(text)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    if args.plot and runs:
+        title = f"bench.workers: {args.model} on {args.device}, {args.clients} clients × {args.batch} images"
+        note = f"{args.repeats} repeat(s) of {args.duration:g} s per load, mean shown; {machine_note()}"
+        print(f"plot: {sweep_figure(args.plot, title, 'WORKERS', scaling_panels(runs, latency_load), note)}")
 
 
 if __name__ == "__main__":

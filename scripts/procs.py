@@ -98,13 +98,14 @@ def serving(
 
 @contextmanager
 def app_server(
-    env: Mapping[str, str], *, log: Path | None = None, timeout_s: float = 300
+    env: Mapping[str, str], *, log: Path | None = None, timeout_s: float = 300, module: str = "app"
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Run `python -m app` on a free port of 127.0.0.1 with `env` added to this process's environment;
-    yield it and its base URL once /health is 200, stop it afterwards."""
+    """Run `python -m app` (or `module`, which runs it with a seam of its own) on a free port of 127.0.0.1
+    with `env` added to this process's environment; yield it and its base URL once /health is 200, stop
+    it afterwards."""
     port = free_port()
     full_env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
-    with serving(["-m", "app"], full_env, port, log=log, timeout_s=timeout_s) as running:
+    with serving(["-m", module], full_env, port, log=log, timeout_s=timeout_s) as running:
         yield running
 
 

@@ -8,6 +8,7 @@ bytes in one call instead; the errors still go through the one
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from app.api.observe import RequestRecord
+from app.api.reading import STATE_KEY, BodyReader, parse_cost
 from app.auth.verify import AuthHeaders
 from app.errors import InvalidRequest
 
@@ -45,21 +47,44 @@ def auth_headers(request: Request) -> AuthHeaders:
     )
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Validate the JSON body against `model`; raise RequestValidationError as FastAPI would."""
+async def read_json_body(request: Request) -> bytes:
+    """Return the raw JSON body, read once into one buffer; refuse another Content-Type (InvalidRequest).
+
+    Not Starlette's `request.body()`, which joins a list of the chunks: for a moment that holds the
+    body twice. A BytesIO grows in place and hands its buffer over without a copy.
+    """
     # As FastAPI's strict content type: a form post from a browser page is not taken for JSON.
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
         raise InvalidRequest("Content-Type must be application/json")
+    buffer = io.BytesIO()
     try:
-        raw = await request.body()
+        async for chunk in request.stream():
+            buffer.write(chunk)
     except ClientDisconnect:
         raise InvalidRequest("the request body ended early: the client went away") from None
+    return buffer.getvalue()
+
+
+def validate_json(request: Request, raw: bytes, model: type[M]) -> M:
+    """Validate the JSON body `raw` against `model`; raise RequestValidationError as FastAPI would.
+
+    What parsing may take is charged to the request first (app.api.reading: 503 when it does not fit now).
+    """
+    reader = getattr(request.state, STATE_KEY, None)
+    if isinstance(reader, BodyReader):
+        reader.charge(parse_cost(raw))
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors], body=raw) from None
+        # Without the body: the error outlives this call, the body need not.
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Read the JSON body and validate it against `model`; the raw bytes are dropped once it is parsed."""
+    return validate_json(request, await read_json_body(request), model)
 
 
 def signed_json_operation(model: type[BaseModel], *, api_key: bool = False) -> dict[str, object]:

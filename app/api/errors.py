@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors
+from app.schemas import INVALID_URL_ERROR
 
 log = logging.getLogger("app.api")
 
@@ -24,11 +25,14 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidImage: 422,
     errors.ImageTooLarge: 413,
     errors.RequestTooLarge: 413,
+    errors.RequestTimeout: 408,
     errors.DownloadFailed: 502,
+    errors.DownloadRefused: 422,
     errors.DownloadTimeout: 504,
     errors.Overloaded: 503,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
+    errors.NotFound: 404,
 }
 RETRY_AFTER_S = "1"
 _HTTP_CODES = {
@@ -40,14 +44,22 @@ _HTTP_CODES = {
 }
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    """Return the JSON error body every failure shares."""
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, request_id: str | None = None) -> dict[str, dict[str, str]]:
+    """Return the JSON error body every failure shares; a 401's also names the request id its log line carries."""
+    error = {"code": code, "message": message}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"error": error}
 
 
-def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    code: str, message: str, status: int, headers: dict[str, str] | None = None, request_id: str | None = None
+) -> Response:
     return Response(
-        orjson.dumps(error_body(code, message)), status_code=status, media_type="application/json", headers=headers
+        orjson.dumps(error_body(code, message, request_id)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
 
 
@@ -59,13 +71,16 @@ def status_for(exc: errors.ServiceError) -> int:
     return 500
 
 
-def service_error_response(exc: errors.ServiceError) -> Response:
+def service_error_response(exc: errors.ServiceError, request_id: str | None = None) -> Response:
+    """Return the answer to a domain error; `request_id` goes into the body of an authentication refusal."""
     status = status_for(exc)
     headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
-    if isinstance(exc, errors.RateLimited):
-        # Whole seconds, rounded up, at least one: when enough of the key's budget is back.
+    if isinstance(exc, (errors.RateLimited, errors.ModelLoading)):
+        # Whole seconds, rounded up, at least one: when enough of the key's budget is back, or the model loaded.
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-    return error_response(exc.code, exc.message, status, headers)
+    # The refusal's details are in the log line under this id, which the caller may not see in the headers.
+    logged_as = request_id if isinstance(exc, errors.Unauthorized) else None
+    return error_response(exc.code, exc.message, status, headers, logged_as)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -76,11 +91,13 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _note(request: Request, code: str) -> None:
-    """Tell the request's log line and metrics which error code it answered with."""
+def _note(request: Request, code: str) -> str | None:
+    """Tell the request's log line and metrics which error code it answered with; return the request's id."""
     record = getattr(request.state, "record", None)
-    if record is not None:
-        record.error_code = code
+    if record is None:
+        return None
+    record.error_code = code
+    return str(record.request_id)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -88,13 +105,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(errors.ServiceError)
     async def _service(request: Request, exc: errors.ServiceError) -> Response:
-        _note(request, exc.code)
-        return service_error_response(exc)
+        return service_error_response(exc, _note(request, exc.code))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        _note(request, ErrorCode.INVALID_REQUEST)
-        return error_response(ErrorCode.INVALID_REQUEST, _describe_validation(exc), 422)
+        # A body whose only fault is its image URLs' characters (app.schemas.ImageUrl) is about the URLs.
+        found = exc.errors()
+        refused_urls = bool(found) and all(err.get("type") == INVALID_URL_ERROR for err in found)
+        code = ErrorCode.INVALID_URL if refused_urls else ErrorCode.INVALID_REQUEST
+        _note(request, code)
+        return error_response(code, _describe_validation(exc), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

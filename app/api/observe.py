@@ -10,7 +10,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clip_client.codes import ErrorCode
 from starlette.datastructures import MutableHeaders
@@ -29,12 +29,17 @@ _PROBES = frozenset({"/health", "/live", "/metrics"})
 
 @dataclass(slots=True)
 class RequestRecord:
-    """What the log line and the metrics say about one request; handlers fill in items and error_code."""
+    """What the log line and the metrics say about one request; handlers fill in items and the errors.
+
+    `error_code` is the request's own error; `failed_items` the codes of items that failed inside
+    the answer (a batch's), or beside the one item a failed request names. Each is counted once.
+    """
 
     request_id: str
     endpoint: str
     items: int | None = None
     error_code: str | None = None
+    failed_items: list[str] = field(default_factory=list)
 
 
 def request_id_from(scope: Scope) -> str:
@@ -104,6 +109,8 @@ def _finish(
         m = services.metrics
         m.requests.labels(record.endpoint, str(status)).inc()
         m.request_seconds.labels(record.endpoint).observe(seconds)
+        for code in record.failed_items:
+            m.errors.labels(code).inc()
         if record.error_code is not None:
             m.errors.labels(record.error_code).inc()
     method = scope.get("method", "")

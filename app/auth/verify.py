@@ -1,41 +1,46 @@
 """Verify HMAC-signed requests, the service's scheme and the legacy job's (both defined in `clip_client.signing`),
 and the API keys (`app.auth.apikeys`) that `/v1/embeddings` also takes.
 
-Every refusal looks the same to the caller; its reason goes to the log only, as one warning
-"auth refused: <reason>" carrying the request's id (`request_id`), never a secret or a signature.
+Each refusal is a 401 whose code says which check failed (`app.errors`: MissingAuthHeaders,
+MalformedAuthHeaders, TimestampOutOfWindow, SignatureMismatch, NonceReused, ApiKeyInvalid); what
+the caller and the log are told is `app.auth.refusals`'s. The legacy job keeps its one message.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, Protocol
 
-from clip_client.signing import canonical_message, legacy_message, signature_matches
+from clip_client.signing import canonical_parts, legacy_message, signature_matches
 
 from app.auth.apikeys import ApiKeys
-from app.errors import Overloaded, Unauthorized
+from app.auth.nonces import Gate, MemoryNonceStore, nonce_ttl_s
+from app.auth.refusals import Attempt, log, mismatch_message, missing_message, skew_message
+from app.errors import (
+    ApiKeyInvalid,
+    MalformedAuthHeaders,
+    MissingAuthHeaders,
+    NonceReused,
+    SignatureMismatch,
+    TimestampOutOfWindow,
+)
 from app.settings import Settings
 from app.state.keys import signing_key_id
-
-log = logging.getLogger("app.auth.verify")
 
 # fullmatch, not `$`: `$` also matches before a trailing newline.
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 # HMAC-SHA256 as hex; checked before comparing, as compare_digest raises TypeError on non-ASCII text.
 _SIGNATURE_RE = re.compile(r"\s*[0-9A-Fa-f]{64}\s*")
-# Every failure looks the same to the caller; the reason goes to the log only.
-UNAUTHORIZED_MESSAGE = "missing or invalid request signature"
-LEGACY_UNAUTHORIZED_MESSAGE = "missing or invalid signature"
-# What an OpenAI client that sent a wrong key reads (it never signs): the same for every bearer refusal.
-API_KEY_UNAUTHORIZED_MESSAGE = "missing or invalid API key or request signature"
 _NO_KEY_SIGNS = "no EMBEDDING_HMAC_SECRET key signs this request"
+_SIGNED_ONLY = (
+    "this endpoint takes signed requests only (X-Timestamp, X-Signature); an API key (Authorization: Bearer) "
+    "is accepted on /v1/embeddings only"
+)
+_UNKNOWN_API_KEY = "the API key (Authorization: Bearer) is not one of this service's API_KEYS"
+_NONCE_REUSED = "X-Nonce was already used by an accepted request: send a new nonce with every request, retries too"
 # The key id of requests accepted unsigned (ALLOW_INSECURE_AUTH=1): they share one rate limit.
 UNSIGNED = "unsigned"
 
@@ -51,69 +56,12 @@ class AuthHeaders:
 
 
 @dataclass(frozen=True, slots=True)
-class _Attempt:
-    """Who is being checked: the id to log a refusal under, and the message the caller gets."""
-
-    request_id: str | None
-    message: str = UNAUTHORIZED_MESSAGE
-
-    def refuse(self, reason: str, **fields: object) -> NoReturn:
-        """Log why (with the request id and `fields`), then raise the caller's one Unauthorized."""
-        extra = fields if self.request_id is None else {"request_id": self.request_id, **fields}
-        log.warning("auth refused: %s", reason, extra=extra)
-        raise Unauthorized(self.message)
-
-
-class Gate(Protocol):
-    """Remember nonces and spend rate limits, in this process or in a store every process shares (app.state.gate)."""
-
-    async def admit(self, nonce: str | None, nonce_ttl_s: float, key_id: str, items: int) -> bool:
-        """Return False for a nonce already seen; else spend `items` of `key_id`'s budget and remember the nonce.
-
-        Raise RateLimited when the budget is spent.
-        """
-        ...
-
-
-@dataclass(frozen=True, slots=True)
 class Verified:
     """A request whose signature checked out, not yet admitted: its nonce and the id of the key that signed it."""
 
     key_id: str
     nonce: str | None
     request_id: str | None = None
-
-
-class MemoryNonceStore:
-    """In-process nonce store, bounded: when full of live nonces it refuses new ones."""
-
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._max = max_entries
-        self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    async def remember(self, nonce: str, ttl_s: float) -> bool:
-        """Store `nonce` for `ttl_s`; return False when it was already there."""
-        now = self._clock()
-        with self._lock:
-            # Insertion order is expiry order because every entry has the same ttl.
-            while self._seen and next(iter(self._seen.values())) <= now:
-                self._seen.popitem(last=False)
-            if nonce in self._seen:
-                return False
-            if len(self._seen) >= self._max:
-                # Evicting a live nonce would re-open it to replay, so refuse instead.
-                raise Overloaded("too many recent nonces; retry shortly")
-            self._seen[nonce] = now + ttl_s
-            return True
-
-    async def admit(self, nonce: str | None, nonce_ttl_s: float, key_id: str, items: int) -> bool:
-        """Remember `nonce` (a process has no rate limit of its own: that needs STATE_URL)."""
-        return True if nonce is None else await self.remember(nonce, nonce_ttl_s)
 
 
 class RequestVerifier:
@@ -140,30 +88,29 @@ class RequestVerifier:
         self._gate = gate
         self._clock = clock
 
-    def precheck(self, headers: AuthHeaders) -> None:
-        """Refuse missing, malformed or stale headers without looking at the payload."""
-        if self.insecure:
-            return
-        attempt = _Attempt(headers.request_id)
-        self._check_timestamp(headers.timestamp, attempt)
-        self._check_signature(headers.signature, attempt)
+    def precheck(self, headers: AuthHeaders, *, api_key_accepted: bool = False) -> None:
+        """Refuse missing, malformed or stale headers: every check that needs no body, run before it is read.
+
+        `api_key_accepted`: the endpoint also takes an API key, which a refusal for missing headers mentions.
+        """
+        if not self.insecure:
+            self._checked_headers(headers, Attempt(headers.request_id), api_key_accepted)
 
     def check_api_key(self, token: str, request_id: str | None) -> Verified:
-        """Raise Unauthorized unless `token` is one of API_KEYS (`/v1/embeddings` only); return its id, to `admit`."""
+        """Raise ApiKeyInvalid unless `token` is one of API_KEYS (`/v1/embeddings` only); return its id, to `admit`."""
         if self.insecure:
             return Verified(UNSIGNED, None, request_id)
         key_id = self._api_keys.match(token)
         if key_id is None:
             reason = "unknown API key" if self._api_keys else "an API key was sent, but API_KEYS is not set"
-            _Attempt(request_id, API_KEY_UNAUTHORIZED_MESSAGE).refuse(f"Authorization: Bearer: {reason}")
+            Attempt(request_id).refuse(ApiKeyInvalid, _UNKNOWN_API_KEY, f"Authorization: Bearer: {reason}")
         return Verified(key_id, None, request_id)
 
     def refuse_api_key(self, request_id: str | None) -> None:
         """Refuse a bearer key sent without a signature to an endpoint that takes signed requests only."""
         if not self.insecure:
-            _Attempt(request_id).refuse(
-                "Authorization: Bearer is accepted on /v1/embeddings only; this endpoint is signed"
-            )
+            reason = "Authorization: Bearer is accepted on /v1/embeddings only; this endpoint is signed"
+            Attempt(request_id).refuse(MissingAuthHeaders, _SIGNED_ONLY, reason)
 
     def check(self, method: str, path: str, payload_id: str, headers: AuthHeaders) -> Verified:
         """Raise Unauthorized unless the headers sign this request; return who signed it, to `admit` next.
@@ -172,77 +119,89 @@ class RequestVerifier:
         """
         if self.insecure:
             return Verified(UNSIGNED, None, headers.request_id)
-        attempt = _Attempt(headers.request_id)
-        ts = self._check_timestamp(headers.timestamp, attempt)
-        signature = self._check_signature(headers.signature, attempt)
-        nonce = headers.nonce
-        if nonce is not None and not _NONCE_RE.fullmatch(nonce):
-            attempt.refuse("malformed X-Nonce (expected 16-64 characters of A-Za-z0-9_-)")
-        if nonce is None and self._require_nonce:
-            attempt.refuse("missing X-Nonce (REQUIRE_NONCE=1)")
-        key = self._signing_key(canonical_message(method, path, payload_id, ts, nonce), signature)
+        attempt = Attempt(headers.request_id)
+        ts, signature = self._checked_headers(headers, attempt)
+        parts = canonical_parts(method, path, payload_id, ts, headers.nonce)
+        key = self._signing_key(parts, signature)
         if key is None:
-            attempt.refuse(
-                f"bad signature for {method} {path!r}: {_NO_KEY_SIGNS} (method, path, body, timestamp, nonce)"
-            )
-        return Verified(self._key_ids[key], nonce, headers.request_id)
+            reason = f"bad signature for {method} {path!r}: {_NO_KEY_SIGNS} (method, path, body, timestamp, nonce)"
+            attempt.refuse(SignatureMismatch, mismatch_message(parts), reason)
+        return Verified(self._key_ids[key], headers.nonce, headers.request_id)
 
     async def admit(self, verified: Verified, items: int) -> None:
-        """Refuse a replayed nonce (Unauthorized), spend `items` of the key's rate limit, remember the nonce."""
-        if not await self._gate.admit(verified.nonce, 2 * self._max_skew_s, verified.key_id, items):
-            _Attempt(verified.request_id).refuse(
-                "reused X-Nonce: a request with this nonce was already accepted (a replay?)"
-            )
+        """Refuse a replayed nonce (NonceReused), spend `items` of the key's rate limit, remember the nonce."""
+        if not await self._gate.admit(verified.nonce, nonce_ttl_s(self._max_skew_s), verified.key_id, items):
+            reason = "reused X-Nonce: a request with this nonce was already accepted (a replay?)"
+            Attempt(verified.request_id).refuse(NonceReused, _NONCE_REUSED, reason)
 
     def verify_legacy(
         self, image_url: str, timestamp: object, signature: object, request_id: str | None = None
     ) -> None:
         """Raise Unauthorized unless `signature` signs the legacy job `image_url|timestamp` (the scheme has no nonce).
 
-        `timestamp` may be an int or a string of digits, as legacy clients send either.
+        `timestamp` may be an int or a string of digits, as legacy clients send either. Every refusal
+        has the one legacy message.
         """
         if self.insecure:
             return
-        attempt = _Attempt(request_id, LEGACY_UNAUTHORIZED_MESSAGE)
+        attempt = Attempt(request_id, legacy=True)
         if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int | str)):
-            attempt.refuse("malformed timestamp")
-        ts = self._check_timestamp(None if timestamp is None else str(timestamp), attempt, "timestamp")
+            attempt.refuse(MalformedAuthHeaders, "malformed timestamp")
         if signature is not None and not isinstance(signature, str):
-            attempt.refuse("malformed signature (expected 64 hex characters)")
-        checked = self._check_signature(signature if isinstance(signature, str) else None, attempt, "signature")
-        if self._signing_key(legacy_message(image_url, ts), checked) is None:
-            attempt.refuse(f"bad signature for the legacy job: {_NO_KEY_SIGNS} (image_url, timestamp)")
+            attempt.refuse(MalformedAuthHeaders, "malformed signature (expected 64 hex characters)")
+        headers = AuthHeaders(
+            None if timestamp is None else str(timestamp), signature if isinstance(signature, str) else None, None
+        )
+        ts, checked = self._checked_headers(headers, attempt, names=("timestamp", "signature"))
+        if self._signing_key((legacy_message(image_url, ts),), checked) is None:
+            attempt.refuse(
+                SignatureMismatch, f"bad signature for the legacy job: {_NO_KEY_SIGNS} (image_url, timestamp)"
+            )
 
-    def _signing_key(self, message: str, signature: str) -> int | None:
-        """Return the index of the secret that signs `message`, or None."""
+    def _signing_key(self, message: Sequence[str], signature: str) -> int | None:
+        """Return the index of the secret that signs the message (given in consecutive parts), or None."""
+        # Each part is encoded once for every key; a long payload id is never joined into a second copy.
+        encoded = [part.encode("utf-8") for part in message]
         # Check every secret so the time taken does not say which one matched.
-        matches = [signature_matches(key, message, signature) for key in self._secrets]
+        matches = [signature_matches(key, encoded, signature) for key in self._secrets]
         return matches.index(True) if any(matches) else None
 
-    def _check_timestamp(self, raw: str | None, attempt: _Attempt, name: str = "X-Timestamp") -> str:
-        if raw is None or raw == "":
-            attempt.refuse(f"missing {name}")
-        if not _TIMESTAMP_RE.fullmatch(raw):
-            attempt.refuse(f"malformed {name} (expected Unix seconds)")
-        client, server = int(raw), int(self._clock())
-        skew = client - server
-        if abs(skew) > self._max_skew_s:
-            attempt.refuse(
-                f"clock skew: {name} {client} is {abs(skew)}s {'ahead of' if skew > 0 else 'behind'} the server's "
-                f"clock {server} (AUTH_MAX_SKEW_S={self._max_skew_s})",
-                client_time=client,
-                server_time=server,
-                skew_s=skew,
-            )
-        return raw
+    def _checked_headers(
+        self,
+        headers: AuthHeaders,
+        attempt: Attempt,
+        api_key_accepted: bool = False,
+        names: tuple[str, str] = ("X-Timestamp", "X-Signature"),
+    ) -> tuple[str, str]:
+        """Return the timestamp and the signature once present, well formed and in the window; else refuse.
 
-    @staticmethod
-    def _check_signature(raw: str | None, attempt: _Attempt, name: str = "X-Signature") -> str:
-        if not raw:
-            attempt.refuse(f"missing {name}")
-        if not _SIGNATURE_RE.fullmatch(raw):
-            attempt.refuse(f"malformed {name} (expected 64 hex characters)")
-        return raw
+        Checked in that order (missing, malformed, stale), so that the first fix named is the one to make first.
+        """
+        ts_name, sig_name = names
+        raw_ts, signature, nonce = headers.timestamp, headers.signature, headers.nonce
+        missing = [name for name, value in ((ts_name, raw_ts), (sig_name, signature)) if not value]
+        if nonce is None and self._require_nonce and not attempt.legacy:
+            missing.append("X-Nonce")
+        if missing:
+            reason = f"missing {', '.join(missing)}" + (" (REQUIRE_NONCE=1)" if "X-Nonce" in missing else "")
+            attempt.refuse(MissingAuthHeaders, missing_message(missing, api_key_accepted), reason)
+        assert raw_ts is not None and signature is not None  # for mypy: refused above
+        if not _TIMESTAMP_RE.fullmatch(raw_ts):
+            attempt.refuse(MalformedAuthHeaders, f"malformed {ts_name}: expected Unix seconds (1 to 12 digits)")
+        if not _SIGNATURE_RE.fullmatch(signature):
+            attempt.refuse(MalformedAuthHeaders, f"malformed {sig_name}: expected 64 hex characters")
+        if nonce is not None and not _NONCE_RE.fullmatch(nonce):
+            attempt.refuse(MalformedAuthHeaders, "malformed X-Nonce: expected 16-64 characters of A-Za-z0-9_-")
+        client, server = int(raw_ts), int(self._clock())
+        if abs(client - server) > self._max_skew_s:
+            skew = client - server
+            reason = (
+                f"clock skew: {ts_name} {client} is {abs(skew)}s {'ahead of' if skew > 0 else 'behind'} the server's "
+                f"clock {server} (AUTH_MAX_SKEW_S={self._max_skew_s})"
+            )
+            told = skew_message(ts_name, client, server, self._max_skew_s)
+            attempt.refuse(TimestampOutOfWindow, told, reason, client_time=client, server_time=server, skew_s=skew)
+        return raw_ts, signature
 
 
 def make_verifier(

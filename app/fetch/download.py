@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from app.errors import DownloadFailed, DownloadTimeout, ImageTooLarge, InvalidUrl, ServiceError
+from app.errors import DownloadFailed, DownloadRefused, DownloadTimeout, ImageTooLarge, InvalidUrl, ServiceError
 from app.fetch.datauri import decode_data_uri, is_data_uri
 from app.fetch.urlguard import GuardedResolver, Lookup, UrlGuard, make_guard
 from app.settings import Settings
@@ -29,6 +29,8 @@ USER_AGENT = "clip-embedding-service/1.0"
 MAX_URL_LENGTH = 2048
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# The image server's 4xx that mean "not now" rather than "no": answered as its 5xx are (502, retryable).
+TRANSIENT_CLIENT_STATUSES = frozenset({408, 429})
 _COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
 _CHUNK = 64 * 1024
 # A connection attempt gives up after this long even when the download's deadline is longer (aiohttp's default).
@@ -183,7 +185,7 @@ class ImageFetcher:
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         if not 200 <= resp.status < 300:
-            raise DownloadFailed(f"image server answered HTTP {resp.status}")
+            raise status_error(resp.status)
         encoding = resp.headers.get(aiohttp.hdrs.CONTENT_ENCODING, "identity").strip().lower() or "identity"
         if encoding != "identity" and encoding not in _COMPRESSED:
             raise DownloadFailed(f"image server sent an unsupported Content-Encoding {encoding[:40]!r}")
@@ -225,6 +227,14 @@ class ImageFetcher:
     def _check_size(self, size: int) -> None:
         if size > self._max_bytes:
             raise ImageTooLarge(f"image is over {self._max_bytes} bytes")
+
+
+def status_error(status: int) -> DownloadFailed:
+    """Return the error for a non-2xx answer: a 4xx is the caller's URL (final), anything else the host's fault."""
+    message = f"image server answered HTTP {status}"
+    if 400 <= status < 500 and status not in TRANSIENT_CLIENT_STATUSES:
+        return DownloadRefused(message)
+    return DownloadFailed(message)
 
 
 def _redirect_target(base: URL, location: str | None) -> URL:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -27,30 +29,17 @@ def sniff_format(data: bytes) -> str:
     raise InvalidImage("not a JPEG, PNG, WebP or GIF image")
 
 
-def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
-    """Decode the first frame to RGB, EXIF-oriented, transparency composited on white.
+@contextmanager
+def decode_errors(fmt: str) -> Iterator[None]:
+    """Turn whatever opening or decoding an image raises into ImageTooLarge or InvalidImage.
 
-    With `draft_size`, a JPEG at least twice that size on its short side is decoded at a reduced
-    scale (DCT scaling) that keeps its short side >= draft_size; otherwise it is decoded in full.
+    The warning filter makes Pillow's bomb warning raise inside open(); as catch_warnings is not
+    thread-safe, open_checked also compares the size with Pillow's own limit.
     """
-    fmt = sniff_format(data)
     try:
-        # The warning filter makes Pillow's bomb warning raise inside open(); as catch_warnings is
-        # not thread-safe, the size is also compared with Pillow's own limit below.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = img.size
-            limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-            if width * height > limit:
-                raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {limit}")
-            if width < 1 or height < 1:
-                raise InvalidImage("image has no pixels")
-            if draft_size and fmt == "JPEG" and min(width, height) >= 2 * draft_size:
-                img.draft(None, (draft_size, draft_size))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            yield
     except (ImageTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -60,6 +49,34 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
     # Pillow raises OSError, ValueError, SyntaxError, struct.error...: any failure is a bad image.
     except Exception as exc:  # noqa: BLE001
         raise InvalidImage(f"could not decode {fmt} image: truncated or corrupt ({type(exc).__name__})") from None
+
+
+def open_checked(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    """Read the header (no pixels yet) and refuse an image over the pixel budget; call inside decode_errors."""
+    img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
+    width, height = img.size
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if width * height > limit:
+        raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {limit}")
+    if width < 1 or height < 1:
+        raise InvalidImage("image has no pixels")
+    return img
+
+
+def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Decode the first frame to RGB, EXIF-oriented, transparency composited on white.
+
+    With `draft_size`, a JPEG at least twice that size on its short side is decoded at a reduced
+    scale (DCT scaling) that keeps its short side >= draft_size; otherwise it is decoded in full.
+    """
+    fmt = sniff_format(data)
+    with decode_errors(fmt):
+        img = open_checked(data, fmt, max_pixels)
+        if draft_size and fmt == "JPEG" and min(img.size) >= 2 * draft_size:
+            img.draft(None, (draft_size, draft_size))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -11,31 +11,57 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 
 from app.errors import Overloaded, Unavailable
 from app.inference.batching import WAVE_MEMORY, BatchLimits, Dispatch, GatherState, decide
+from app.inference.payload import ImagePayload
 
 log = logging.getLogger("app.inference.engine")
 
 # Weight of the newest forward pass in the running average of forward time.
 FORWARD_EWMA = 0.2
+# Most batches between the start of their forward pass and the delivery of their vectors (ENGINE_OVERLAP):
+# the next batch is prepared while the device runs this one, and no more.
+IN_FLIGHT = 2
+P = TypeVar("P")
 # One row per payload; an Exception in place of a row fails only that item (see app.inference.model_guard).
-RunBatch = Callable[[list[torch.Tensor]], np.ndarray | Sequence[np.ndarray | Exception]]
+Rows = np.ndarray | Sequence[np.ndarray | Exception]
+
+
+@runtime_checkable
+class PendingRows(Protocol):
+    """A batch whose forward pass runs on the device; wait() blocks until its rows are back."""
+
+    def wait(self) -> Rows:
+        """Return one row (or an Exception) per input, in order."""
+        ...
+
+
+RunBatch = Callable[[list[P]], Rows | PendingRows]
 
 
 class BatchModel(Protocol):
     """What the engine runs: one forward pass per batch of each modality (an Embedder, or one guarding it)."""
 
-    def encode_images(self, pixels: list[torch.Tensor]) -> np.ndarray | Sequence[np.ndarray | Exception]:
+    def encode_images(self, pixels: list[ImagePayload]) -> Rows:
         """Return one row (or an Exception) per input, in order."""
         ...
 
-    def encode_texts(self, tokens: list[torch.Tensor]) -> np.ndarray | Sequence[np.ndarray | Exception]:
+    def encode_texts(self, tokens: list[torch.Tensor]) -> Rows:
         """Return one row (or an Exception) per input, in order."""
+        ...
+
+
+@runtime_checkable
+class OverlappingModel(BatchModel, Protocol):
+    """A model that can start an image batch and return while the device runs it."""
+
+    def start_images(self, pixels: list[ImagePayload]) -> PendingRows | Rows:
+        """Start the forward pass; return its pending rows (or the rows, when it ran at once)."""
         ...
 
 
@@ -50,8 +76,8 @@ class QueueObserver(Protocol):
 
 
 @dataclass(slots=True)
-class _Item:
-    payload: torch.Tensor
+class _Item(Generic[P]):
+    payload: P
     future: asyncio.Future[np.ndarray]
     deadline: float = math.inf  # the queue's clock reading after which the item is not worth computing
     enqueued: float = 0.0
@@ -68,29 +94,35 @@ class QueueStats:
     max_batch_size_seen: int = 0
 
 
-class BatchQueue:
+class BatchQueue(Generic[P]):
     """One modality's queue; a worker task turns waiting items into model batches (see app.inference.batching).
 
     Every time it keeps (enqueued, deadlines, the gather's start, forward passes) is a reading of `clock`.
+    A run that returns PendingRows has its rows waited for on `readback`, while the next batch is gathered
+    and started on `executor`; at most IN_FLIGHT batches are between start and delivery.
     """
 
     def __init__(
         self,
         name: str,
-        run: RunBatch,
+        run: RunBatch[P],
         executor: ThreadPoolExecutor,
         max_batch: int,
         max_wait_s: float,
         observer: QueueObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        readback: ThreadPoolExecutor | None = None,
     ) -> None:
         self.name = name
         self._observer = observer
         self._run = run
         self._executor = executor
+        self._readback = readback or executor
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._delivering: set[asyncio.Task[None]] = set()
         self._limits = BatchLimits(max_batch, max_wait_s)
         self._clock = clock
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item[P]] = asyncio.Queue()
         self._incoming = 0  # items announced by expecting() and not yet submitted
         self._forward_s = 0.0  # running average of one forward pass
         self._arrived: set[object] = set()  # callers that submitted since the last dispatch
@@ -116,13 +148,15 @@ class BatchQueue:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        # Batches already on the device are delivered: their forward pass is running anyway.
+        await asyncio.gather(*self._delivering, return_exceptions=True)
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if not item.future.done():
                 item.future.set_exception(Unavailable("the engine is shutting down"))
 
     async def submit(
-        self, payloads: list[torch.Tensor], deadline: float = math.inf, caller: object | None = None
+        self, payloads: list[P], deadline: float = math.inf, caller: object | None = None
     ) -> list[np.ndarray]:
         """Queue the payloads together and wait for their vectors, in order.
 
@@ -154,7 +188,7 @@ class BatchQueue:
         finally:
             self._incoming -= count
 
-    async def _gather(self) -> list[_Item]:
+    async def _gather(self) -> list[_Item[P]]:
         """Wait for an item, then take more until the batching policy sends the batch (app.inference.batching)."""
         batch = [await self._queue.get()]
         started = self._clock()
@@ -192,7 +226,7 @@ class BatchQueue:
         self._arrived.clear()
         return self._live(batch)
 
-    async def _next(self, until: float) -> _Item | None:
+    async def _next(self, until: float) -> _Item[P] | None:
         """Return the next item, or None once the clock reaches `until`."""
         while (left := until - self._clock()) > 0:
             try:
@@ -201,7 +235,7 @@ class BatchQueue:
                 pass  # the loop's timer ran out: the clock says whether `until` has come
         return None
 
-    def _live(self, batch: list[_Item]) -> list[_Item]:
+    def _live(self, batch: list[_Item[P]]) -> list[_Item[P]]:
         """Drop the items whose caller has gone or whose deadline has passed; report the rest's wait."""
         now = self._clock()
         live, cancelled, expired = [], 0, 0
@@ -228,25 +262,54 @@ class BatchQueue:
             batch = await self._gather()
             if not batch:
                 continue
-            started = self._clock()
             try:
-                vectors = await loop.run_in_executor(self._executor, self._run, [i.payload for i in batch])
+                await self._slots.acquire()
+                started = self._clock()
+                outcome = await loop.run_in_executor(self._executor, self._run, [i.payload for i in batch])
+            except asyncio.CancelledError:
+                self._fail(batch, Unavailable("the engine is shutting down"))
+                raise
             except Exception as exc:
-                self._idle_since = self._clock()
+                self._slots.release()
                 log.exception("%s batch of %d failed", self.name, len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                self._fail(batch, exc)
                 continue
-            self._idle_since = self._clock()
-            self._record(len(batch), self._idle_since - started)
-            for item, vector in zip(batch, vectors, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(vector, Exception):
-                    item.future.set_exception(vector)
-                else:
-                    item.future.set_result(vector)
+            if isinstance(outcome, PendingRows):
+                task = asyncio.create_task(self._finish(batch, outcome, started), name=f"engine-{self.name}-readback")
+                self._delivering.add(task)
+                task.add_done_callback(self._delivering.discard)
+                continue
+            self._slots.release()
+            self._deliver(batch, outcome, started)
+
+    async def _finish(self, batch: list[_Item[P]], pending: PendingRows, started: float) -> None:
+        """Wait for a started batch's rows on the readback thread, then answer its items."""
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self._readback, pending.wait)
+        except Exception as exc:
+            log.exception("%s batch of %d failed", self.name, len(batch))
+            self._fail(batch, exc)
+        else:
+            self._deliver(batch, rows, started)
+        finally:
+            self._slots.release()
+
+    def _fail(self, batch: list[_Item[P]], exc: Exception) -> None:
+        self._idle_since = self._clock()
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    def _deliver(self, batch: list[_Item[P]], vectors: Rows, started: float) -> None:
+        self._idle_since = self._clock()
+        self._record(len(batch), self._idle_since - started)
+        for item, vector in zip(batch, vectors, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(vector, Exception):
+                item.future.set_exception(vector)
+            else:
+                item.future.set_result(vector)
 
     def _record(self, size: int, seconds: float) -> None:
         self._forward_s = (
@@ -278,12 +341,20 @@ class Engine:
         observer: QueueObserver | None = None,
         model_thread: ThreadPoolExecutor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        overlap: bool = False,
     ) -> None:
         # Pass the one-thread executor the model was loaded on, so that one thread owns all its torch work.
         self._owns_executor = model_thread is None
         self._executor = model_thread or model_executor()
+        # The thread that waits for started image batches (overlap): the model thread starts the next meanwhile.
+        self._readback = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readback")
         wait_s = max_wait_ms / 1000.0
-        self.images = BatchQueue("images", embedder.encode_images, self._executor, max_batch, wait_s, observer, clock)
+        run_images: RunBatch[ImagePayload] = embedder.encode_images
+        if overlap and isinstance(embedder, OverlappingModel):
+            run_images = embedder.start_images
+        self.images = BatchQueue(
+            "images", run_images, self._executor, max_batch, wait_s, observer, clock, readback=self._readback
+        )
         self.texts = BatchQueue("texts", embedder.encode_texts, self._executor, max_batch, wait_s, observer, clock)
 
     @property
@@ -298,6 +369,7 @@ class Engine:
     async def stop(self) -> None:
         await self.images.stop()
         await self.texts.stop()
+        self._readback.shutdown(wait=False, cancel_futures=True)
         if self._owns_executor:
             self._executor.shutdown(wait=True, cancel_futures=True)
 

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import Compose, Normalize
 
+from app.inference.tensor_preprocess import TensorPreprocess
+
 _TO_TENSOR = {"ToTensor", "MaybeToTensor"}
 
 
@@ -44,6 +46,20 @@ class Preprocess:
     def uses_numpy_tail(self) -> bool:
         """Say whether the tensor tail runs in numpy (else the transform runs as open_clip wrote it)."""
         return self._split
+
+    def resized(self, image: Image.Image) -> np.ndarray | None:
+        """Return the transform's image steps' RGB uint8 pixels (resized and cropped), before ToTensor and Normalize.
+
+        None when the transform has no ToTensor + Normalize tail, or its image steps do not end in RGB.
+        """
+        if not self._split:
+            return None
+        img = self._image_steps(image)
+        return np.asarray(img) if isinstance(img, Image.Image) and img.mode == "RGB" else None
+
+    def tensor_path(self, device: torch.device) -> TensorPreprocess | None:
+        """Return the transform as batched tensor ops on `device`, with this tail's table; None if it has none."""
+        return TensorPreprocess.from_transform(self._transform, self._table, device) if self._split else None
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if not self._split:

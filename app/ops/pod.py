@@ -23,13 +23,20 @@ PUBLISH_EVERY_S = 0.25
 SUPERVISOR_FILE = "supervisor.json"
 # Gauges summed over the workers (the rest of a worker's gauges describe the model and are the same).
 STATE_UP_HELP = "1 while the shared store (STATE_URL) answers, 0 while it is unreachable"
-STATE_FAILURES_HELP = "Calls to the shared store that failed (timeouts, connection errors), all pieces"
 SUMMED_GAUGES = {
     "clip_requests_in_flight": "/v1 requests being answered, all workers",
     "clip_admitted_items": "Images and texts admitted and not yet answered, all workers",
     "clip_admitted_items_limit": "MAX_QUEUED_ITEMS times the workers running",
     "clip_cache_entries": "Vectors held by the workers' in-process caches, all workers",
 }
+
+
+# A notice's status while the worker serves (app.services.Status.OK); any other is the worker's phase.
+READY = "ok"
+
+
+def _phase(status: str) -> str:
+    return "serving" if status == READY else status
 
 
 @dataclass(slots=True)
@@ -56,7 +63,7 @@ class PodSummary:
     @property
     def ready(self) -> int:
         """Count the workers that are ready and have spoken recently."""
-        return sum(1 for n in self.notices if n.status == "ok")
+        return sum(1 for n in self.notices if n.status == READY)
 
     @property
     def all_ready(self) -> bool:
@@ -74,7 +81,17 @@ class PodSummary:
             "expected": self.expected,
             "ready": self.ready,
             "restarts": self.restarts,
-            "workers": [{"index": n.index, "pid": n.pid, "status": n.status, "device": n.device} for n in self.notices],
+            # `ready` and `phase`, not `status`: only the top level of /health says `status`.
+            "workers": [
+                {
+                    "index": n.index,
+                    "pid": n.pid,
+                    "ready": n.status == READY,
+                    "phase": _phase(n.status),
+                    "device": n.device,
+                }
+                for n in self.notices
+            ],
         }
 
 
@@ -100,11 +117,16 @@ class PodBoard:
     def count_restart(self) -> int:
         """Count one worker replaced; return the total so far."""
         restarts = self._restarts() + 1
-        path = self.folder / SUPERVISOR_FILE
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps({"restarts": restarts}))
-        os.replace(partial, path)
+        self._write_supervisor(restarts=restarts)
         return restarts
+
+    def mark_stopping(self) -> None:
+        """Say that the whole pod stops (the supervisor, before it signals the workers)."""
+        self._write_supervisor(stopping=True)
+
+    def stopping(self) -> bool:
+        """Say whether the whole pod stops, rather than one worker alone."""
+        return bool(self._supervisor().get("stopping", False))
 
     def summary(self, now: float | None = None) -> PodSummary:
         """Read every notice; a stale one counts as a hung worker."""
@@ -115,7 +137,7 @@ class PodBoard:
                 notice = WorkerNotice(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue  # removed or replaced while being read
-            if now - notice.updated > STALE_AFTER_S and notice.status == "ok":
+            if now - notice.updated > STALE_AFTER_S and notice.status == READY:
                 notice.status = "unresponsive"
             notices.append(notice)
         notices.sort(key=lambda n: n.index)
@@ -124,23 +146,24 @@ class PodBoard:
     def metrics(self) -> Iterator[Metric]:
         """Yield the pod's gauges: workers, their readiness, and the per-worker gauges summed."""
         pod = self.summary()
+        up = [n.gauges["clip_shared_state_up"] for n in pod.notices if "clip_shared_state_up" in n.gauges]
+        ready = pod.all_ready and min(up, default=1.0) == 1.0
         yield GaugeMetricFamily("clip_workers", "Worker processes configured (WORKERS)", value=pod.expected)
         yield GaugeMetricFamily("clip_workers_ready", "Worker processes ready to serve", value=pod.ready)
         yield CounterMetricFamily(
             "clip_worker_restarts", "Worker processes that died and were replaced", value=pod.restarts
         )
         yield GaugeMetricFamily(
-            "clip_ready", "1 while /health answers 200 (every worker ready)", value=1.0 if pod.all_ready else 0.0
+            "clip_ready",
+            "1 while /health answers 200 (every worker ready, the shared store answering)",
+            value=float(ready),
         )
         for name, documentation in SUMMED_GAUGES.items():
             values = [n.gauges[name] for n in pod.notices if name in n.gauges]
             if values:
                 yield GaugeMetricFamily(name, documentation, value=sum(values))
-        up = [n.gauges["clip_shared_state_up"] for n in pod.notices if "clip_shared_state_up" in n.gauges]
         if up:
             yield GaugeMetricFamily("clip_shared_state_up", STATE_UP_HELP, value=min(up))
-            failures = sum(n.gauges.get("clip_shared_state_failures", 0.0) for n in pod.notices)
-            yield CounterMetricFamily("clip_shared_state_failures", STATE_FAILURES_HELP, value=failures)
         depth = GaugeMetricFamily("clip_queue_depth", "Items waiting for a forward pass, by queue", labels=["queue"])
         totals: dict[str, float] = {}
         for notice in pod.notices:
@@ -154,7 +177,18 @@ class PodBoard:
         return self.folder / f"worker-{pid}.json"
 
     def _restarts(self) -> int:
+        restarts = self._supervisor().get("restarts", 0)
+        return restarts if isinstance(restarts, int) else 0
+
+    def _supervisor(self) -> dict[str, object]:
         try:
-            return int(json.loads((self.folder / SUPERVISOR_FILE).read_text())["restarts"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+            said = json.loads((self.folder / SUPERVISOR_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return said if isinstance(said, dict) else {}
+
+    def _write_supervisor(self, **changes: object) -> None:
+        path = self.folder / SUPERVISOR_FILE
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(self._supervisor() | changes))
+        os.replace(partial, path)

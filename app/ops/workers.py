@@ -1,41 +1,42 @@
-"""WORKERS > 1: that many server processes on one port, supervised by gunicorn's arbiter.
+"""WORKERS > 1: one server process of the pod, forked by the supervisor (app.ops.supervisor).
 
-The supervisor never loads torch: each worker, forked from it, builds its own app (event loop, decode
-pool, engine, model replica on GPU `index mod visible GPUs`). SIGTERM drains every worker as the single
-process drains; a worker that dies is replaced and counted; /health and /metrics describe the whole pod
-through the notice board (app.ops.pod) and prometheus_client's multiprocess mode.
+The supervisor never loads torch: each worker builds its own app (event loop, decode pool, engine, model
+replica on GPU `index mod visible GPUs`) and publishes its state on the notice board (app.ops.pod), so
+that /health and /metrics describe the whole pod. A worker that starts while another one is ready (it
+replaces one that died) accepts connections on the shared socket only once its model is loaded, so that
+no request meets a worker that would answer 503 while another one could serve it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
-import shutil
+import signal
 import sys
-import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
-from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.glogging import Logger as GunicornLogger
 from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
-if TYPE_CHECKING:
-    from gunicorn.config import Config as GunicornConfig
+from app.ops.exits import StartupError
+from app.ops.podfolder import reserve_metric_files
 
-    from app.main import EmbedderFactory
+if TYPE_CHECKING:
     from app.ops.lifecycle import Lifecycle
     from app.ops.pod import PodBoard
-    from app.settings import Settings
+    from app.ops.supervisor import PodSupervisor
 
 log = logging.getLogger("app.ops.workers")
 
-# Seconds a worker's event loop may go without a heartbeat before the supervisor replaces it.
+# Seconds a worker may go without a heartbeat before the supervisor replaces it.
 HEARTBEAT_TIMEOUT_S = 120
+# How often a worker beats: from its start, so that a model loading before the worker serves (which can
+# take longer than the timeout) is not taken for a hung worker; the beat stops when the event loop does.
+HEARTBEAT_EVERY_S = 5.0
 # Beyond SHUTDOWN_GRACE_S, what a worker's own shutdown may take before the supervisor kills it.
 STOP_MARGIN_S = 10
 
@@ -45,78 +46,6 @@ def device_for_worker(requested: str, index: int, gpu_count: int) -> str:
     if requested == "cpu" or requested.startswith("cuda:") or gpu_count == 0:
         return requested
     return f"cuda:{index % gpu_count}"
-
-
-class _RootLogs(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no type information
-    """gunicorn's messages through the service's own logging (JSON lines), with no handlers of its own."""
-
-    def setup(self, cfg: GunicornConfig) -> None:
-        super().setup(cfg)
-        for logger in (self.error_log, self.access_log):
-            logger.handlers = []
-            logger.propagate = True
-        self.access_log.disabled = True  # ObserveMiddleware logs every request
-
-
-class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
-    """The arbiter's application: configuration, the workers' slots, and the notice board."""
-
-    def __init__(self, settings: Settings, folder: Path, embedder_factory: EmbedderFactory | None) -> None:
-        from app.ops.pod import PodBoard
-
-        self.settings = settings
-        self.embedder_factory = embedder_factory
-        self.board: PodBoard = PodBoard(folder, settings.workers)
-        self._slots: set[int] = set()
-        self._stopping = False
-        super().__init__()
-
-    def load_config(self) -> None:
-        s = self.settings
-        host = s.resolved_host
-        options: dict[str, object] = {
-            "bind": f"[{host}]:{s.port}" if ":" in host else f"{host}:{s.port}",
-            "workers": s.workers,
-            "worker_class": f"{__name__}.ServiceWorker",
-            "graceful_timeout": math.ceil(s.shutdown_grace_s) + STOP_MARGIN_S,
-            "timeout": HEARTBEAT_TIMEOUT_S,
-            "logger_class": f"{__name__}._RootLogs",
-            "loglevel": s.log_level,
-            "proc_name": "clip-pod",
-            "control_socket_disable": True,
-            "pre_fork": self._pre_fork,
-            "child_exit": self._child_exit,
-            "on_exit": self._on_exit,
-        }
-        for key, value in options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> None:
-        """Build nothing here: each worker builds its own app after the fork."""
-        return
-
-    def _pre_fork(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
-        worker.index = min(set(range(len(self._slots) + 1)) - self._slots)
-        self._slots.add(worker.index)
-
-    def _child_exit(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
-        from prometheus_client import multiprocess
-
-        self._slots.discard(worker.index)
-        self.board.withdraw(worker.pid)
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
-        if arbiter.LISTENERS:  # emptied when the arbiter stops: an exit then is a planned one
-            restarts = self.board.count_restart()
-            log.error(
-                "worker %d (pid %d) died; starting a replacement (%d replaced so far)",
-                worker.index,
-                worker.pid,
-                restarts,
-                extra={"worker": worker.index, "pid": worker.pid, "restarts": restarts},
-            )
-
-    def _on_exit(self, arbiter: Arbiter) -> None:
-        log.info("all workers stopped")
 
 
 class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no type information
@@ -136,11 +65,24 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
         access.propagate = False
         self.config.access_log = False
 
+    def init_signals(self) -> None:
+        super().init_signals()
+        # A Ctrl+C reaches every process of the terminal's group, and the supervisor forwards it as SIGTERM:
+        # a worker that took it as well would see that SIGTERM as a second signal, and stop without draining.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Until the server takes it over: a worker still booting has nothing to drain (and no core to dump).
+        signal.signal(signal.SIGQUIT, _exit_at_once)
+
     def load_wsgi(self) -> None:
         """Build nothing yet: the app is made in run(), in this process."""
         self.wsgi = None
 
     def run(self) -> None:
+        try:
+            reserve_metric_files(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), os.getpid())
+        except StartupError as exc:
+            log.error("%s", exc.message)
+            sys.exit(Arbiter.APP_LOAD_ERROR)  # stops the pod (exit 2): every worker would meet the same disk
         exit_code = asyncio_run(self._serve_pod(), loop_factory=self.config.get_loop_factory())
         if exit_code:
             sys.exit(exit_code)
@@ -154,6 +96,7 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
         from app.ops.lifecycle import DrainingServer, Lifecycle
 
         supervisor: PodSupervisor = self.app
+        board = supervisor.board
         settings = supervisor.settings
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         device = device_for_worker(settings.device, self.index, gpus)
@@ -163,28 +106,52 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
         def on_fatal(reason: str) -> None:
             nonlocal failed
             failed = True
-            server.should_exit = True
+            server.stop_now()
 
-        lifecycle = Lifecycle()
+        lifecycle = Lifecycle(
+            # Another worker ready: this one replaces a worker that died, and waits for its model before serving.
+            hold_while_loading=lambda: board.summary().ready > 0,
+            # SIGTERM to this worker only (not from the supervisor stopping the pod): the others serve on.
+            leaving_alone=lambda: not board.stopping(),
+        )
         app = create_app(
             settings,
             embedder_factory=supervisor.embedder_factory or load_clip,
             on_fatal=on_fatal,
             on_ready=settle_heap,
             lifecycle=lifecycle,
-            pod=supervisor.board,
+            pod=board,
         )
         self.config.app = app
-        server = DrainingServer(self.config, lifecycle, grace_s=settings.shutdown_grace_s)
-        self._install_sigquit_handler()
-        publisher = asyncio.create_task(_publish(supervisor.board, lifecycle, self.index, device))
+        # SIGTERM from the supervisor drains; SIGQUIT is its second stop signal (app.ops.supervisor).
+        server = DrainingServer(
+            self.config,
+            lifecycle,
+            grace_s=settings.shutdown_grace_s,
+            ignored=frozenset({signal.SIGINT}),
+            at_once=frozenset({signal.SIGQUIT}),
+        )
+        background = [
+            asyncio.create_task(_publish(board, lifecycle, self.index, device)),
+            asyncio.create_task(self._beat()),
+        ]
         try:
             await server.serve(sockets=self.sockets)
         finally:
-            publisher.cancel()
-            supervisor.board.withdraw(os.getpid())
+            for task in background:
+                task.cancel()
+            board.withdraw(os.getpid())
         # The model could not load: the same would happen on every restart, so stop the pod.
         return Arbiter.WORKER_BOOT_ERROR if failed or not server.started else 0
+
+    async def _beat(self) -> None:
+        while True:
+            self.notify()
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+def _exit_at_once(sig: int, frame: FrameType | None) -> None:
+    os._exit(0)
 
 
 async def _publish(board: PodBoard, lifecycle: Lifecycle, index: int, device: str) -> None:
@@ -197,25 +164,3 @@ async def _publish(board: PodBoard, lifecycle: Lifecycle, index: int, device: st
             notice = services.notice(index)
         board.publish(notice)
         await asyncio.sleep(PUBLISH_EVERY_S)
-
-
-def run_pod(settings: Settings, embedder_factory: EmbedderFactory | None = None) -> int:
-    """Run `settings.workers` server processes on one port until SIGTERM; return the exit code.
-
-    `embedder_factory` is the model seam (benchmarks); by default each worker loads the configured model.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="clip-pod-"))
-    metrics_dir = folder / "prometheus"
-    metrics_dir.mkdir()
-    # Read by prometheus_client as it is imported: the workers, forked after this, count into files.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    log.info("starting %d workers on %s:%d", settings.workers, settings.resolved_host, settings.port)
-    try:
-        PodSupervisor(settings, folder, embedder_factory).run()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-        # A worker that could not boot (the model failed to load) stops the pod, as it stops one process.
-        return 1 if code in (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR) else code
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return 0

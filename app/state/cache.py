@@ -22,24 +22,50 @@ _DTYPE = np.dtype("<f4")
 class RedisEmbeddingCache:
     """Vectors as raw float32 bytes under `<prefix>:emb:<model tag>:<key>`, each expiring after `ttl_s`.
 
+    The tag names the embedding space (`ModelInfo.fingerprint`), known once the model is loaded
+    (`use_model`); until then every read is a miss and every write does nothing.
     Fails open: when the store is down, slow or full, a read is a miss and a write does nothing; each
     failure is counted in `failures` and logged at most once per interval.
     """
 
     def __init__(
-        self, client: Redis, *, model_id: str, ttl_s: int, timeout_s: float, prefix: str = DEFAULT_PREFIX
+        self,
+        client: Redis,
+        *,
+        model_id: str | None = None,
+        ttl_s: int,
+        timeout_s: float,
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if ttl_s < 1:
             raise ValueError(f"the cache TTL must be at least 1 second, not {ttl_s}")
         self._client = client
-        self._tag = model_tag(model_id)
+        self._tag: str | None = None
+        if model_id is not None:
+            self.use_model(model_id)
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
         self._prefix = prefix
         self.failures = FailureLog(log, "embedding cache")
 
+    def for_model(self, model_id: str) -> RedisEmbeddingCache:
+        """Return this cache on the same connection, tagged with `model_id`: one model's vectors of several served."""
+        view = RedisEmbeddingCache(
+            self._client, model_id=model_id, ttl_s=self._ttl_s, timeout_s=self._timeout_s, prefix=self._prefix
+        )
+        view.failures = self.failures  # one count of the store's failures, whichever model met them
+        return view
+
+    def use_model(self, model_id: str) -> None:
+        """Share vectors with every process whose `model_id` (the embedding space's fingerprint) is this one."""
+        if not model_id:
+            raise ValueError("the shared cache needs the fingerprint of an embedding space, not ''")
+        self._tag = model_tag(model_id)
+
     def store_key(self, key: str) -> str:
         """Return the Redis key of the in-process cache key `key`."""
+        if self._tag is None:
+            raise RuntimeError("the shared cache has no model yet: use_model() first")
         return cache_key(self._prefix, self._tag, key)
 
     async def get(self, key: str) -> np.ndarray | None:
@@ -48,8 +74,8 @@ class RedisEmbeddingCache:
 
     async def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
         """Return the cached vector of each key in one round trip; None for each miss, all None on a failure."""
-        if not keys:
-            return []
+        if not keys or self._tag is None:
+            return [None] * len(keys)
         try:
             async with asyncio.timeout(self._timeout_s):
                 values = await self._client.mget([self.store_key(k) for k in keys])
@@ -64,7 +90,7 @@ class RedisEmbeddingCache:
 
     async def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
         """Store every (key, vector) in one round trip; do nothing when the store fails."""
-        if not items:
+        if not items or self._tag is None:
             return
         try:
             async with asyncio.timeout(self._timeout_s):

@@ -24,10 +24,13 @@ class FailureLog:
         self._last_logged: float | None = None
         self._unlogged = 0
         self.count = 0
+        self.on_failure: Callable[[], None] | None = None  # called on each failure (the metrics' counter)
 
     def note(self, exc: BaseException) -> bool:
         """Count `exc`; log it unless a warning went out less than `interval_s` ago. Return whether it logged."""
         self.count += 1
+        if self.on_failure is not None:
+            self.on_failure()
         now = self._clock()
         if self._last_logged is not None and now - self._last_logged < self._interval_s:
             self._unlogged += 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -52,7 +54,7 @@ class SharedState:
         client: Redis,
         cache_client: Redis | None,
         *,
-        model_id: str,
+        model_id: str | None,
         cache_ttl_s: int,
         rate_items_per_s: float | None,
         rate_burst: int | None,
@@ -72,7 +74,7 @@ class SharedState:
         cls,
         url: str,
         *,
-        model_id: str,
+        model_id: str | None = None,
         cache_ttl_s: int,
         rate_items_per_s: float | None = None,
         rate_burst: int | None = None,
@@ -83,8 +85,9 @@ class SharedState:
     ) -> SharedState:
         """Build the shared state on `url` (e.g. `redis://127.0.0.1:6379/0`); connects lazily, on first use.
 
-        `model_id` names the model the cached vectors come from (model, weights, checkpoint), so that pods
-        serving different models never read each other's vectors. `rate_burst` defaults to one second of
+        `model_id` names the embedding space the cached vectors come from (`ModelInfo.fingerprint`), so that
+        pods serving different ones never read each other's vectors; without it the cache shares nothing
+        until `cache.use_model` is called, once the model is loaded. `rate_burst` defaults to one second of
         `rate_items_per_s`.
         """
         if timeout_s <= 0:
@@ -115,6 +118,11 @@ class SharedState:
                 return False
         return True
 
+    def count_failures(self, count: Callable[[], None]) -> None:
+        """Call `count()` on every failed call to the store, from now on (the metrics' counter)."""
+        self.gate.failures.on_failure = count
+        self.cache.failures.on_failure = count
+
     def failure_counts(self) -> dict[str, int]:
         """Return how many calls to the store have failed, by piece (for /metrics)."""
         return {"gate": self.gate.failures.count, "cache": self.cache.failures.count}
@@ -134,10 +142,9 @@ def open_shared_state(settings: Settings) -> SharedState | None:
     """Build the shared state STATE_URL names, or None without it (everything stays in the process)."""
     if settings.state_url is None:
         return None
+    # The cache shares vectors once the model is loaded and its fingerprint known (cache.use_model).
     return SharedState.from_url(
         settings.state_url.get_secret_value(),
-        # The cache never serves one model's vectors to another: model, weights or checkpoint, precision.
-        model_id=f"{settings.clip_model}|{settings.clip_pretrained}|{settings.model_dtype}",
         cache_ttl_s=settings.cache_ttl_s,
         rate_items_per_s=settings.rate_limit_items_per_s,
         rate_burst=settings.rate_limit_burst,
@@ -150,15 +157,18 @@ class _Watched(Protocol):
     state_up: bool
 
 
-async def watch_shared_state(services: _Watched) -> None:
-    """Ping the store every few seconds; keep `services.state_up` current and log each change."""
+async def watch_shared_state(services: _Watched, stop: asyncio.Event) -> None:
+    """Ping the store every few seconds until `stop` is set; keep `services.state_up` current, log each change.
+
+    It ends on `stop`, not on cancellation alone: on Python 3.11 redis-py's waits can swallow a cancellation.
+    """
     state = services.state
     if state is None:
         return
     # What the log last said, apart from `state_up`: /health updates that too, and a change it sees first
     # must still be logged here.
     logged_up = services.state_up
-    while True:
+    while not stop.is_set():
         up = await state.ping()
         if up != logged_up:
             if up:
@@ -167,4 +177,6 @@ async def watch_shared_state(services: _Watched) -> None:
                 log.error("the shared store (STATE_URL) is unreachable: signed requests with a nonce get 503")
             logged_up = up
         services.state_up = up
-        await asyncio.sleep(WATCH_EVERY_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WATCH_EVERY_S):
+                await stop.wait()

@@ -15,7 +15,14 @@ class ErrorCode(StrEnum):
 
     # The service's (app.errors, app.api.errors, app.api.limits).
     INTERNAL_ERROR = "internal_error"
-    UNAUTHORIZED = "unauthorized"
+    UNAUTHORIZED = "unauthorized"  # the legacy job's one refusal; the client's for a 401/403 without a code
+    # Which authentication check failed (all 401): app.auth.verify.
+    MISSING_AUTH_HEADERS = "missing_auth_headers"
+    MALFORMED_AUTH_HEADERS = "malformed_auth_headers"
+    TIMESTAMP_OUT_OF_WINDOW = "timestamp_out_of_window"
+    SIGNATURE_MISMATCH = "signature_mismatch"
+    NONCE_REUSED = "nonce_reused"
+    API_KEY_INVALID = "api_key_invalid"
     INVALID_REQUEST = "invalid_request"
     INVALID_URL = "invalid_url"
     URL_NOT_ALLOWED = "url_not_allowed"
@@ -24,9 +31,11 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     INVALID_IMAGE = "invalid_image"
     REQUEST_TOO_LARGE = "request_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
+    MODEL_LOADING = "model_loading"  # the model asked for is loading (at start, on first use, after an idle unload)
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -42,6 +51,18 @@ class ErrorCode(StrEnum):
     READ_FAILED = "read_failed"  # `embed-list`: a local file could not be read
 
 
+# Authentication failed (401): the request, as signed, will never be accepted; fix it and sign it again.
+AUTH_CODES = frozenset(
+    {
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.MISSING_AUTH_HEADERS,
+        ErrorCode.MALFORMED_AUTH_HEADERS,
+        ErrorCode.TIMESTAMP_OUT_OF_WINDOW,
+        ErrorCode.SIGNATURE_MISMATCH,
+        ErrorCode.NONCE_REUSED,
+        ErrorCode.API_KEY_INVALID,
+    }
+)
 # The image host failed, not the service: a final answer for this image, never retried as a sick server.
 IMAGE_FETCH_CODES = frozenset({ErrorCode.DOWNLOAD_FAILED, ErrorCode.DOWNLOAD_TIMEOUT})
 # This request (its URL, image or body) is refused: sending it again cannot succeed.

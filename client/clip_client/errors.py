@@ -4,9 +4,9 @@ ClipClientError                 base of everything below
 ├── ClipConfigError             config_error      missing or invalid configuration (environment)
 ├── ClipNotSupportedError       not_supported     the method does not exist on this backend
 ├── ClipRequestError            (server's code)   the server refused this request; never retried
-│   ├── ClipAuthError           unauthorized      bad signature, wrong secret, stale clock, bad API key
+│   ├── ClipAuthError           unauthorized      401/403; `code` says which check failed (codes.AUTH_CODES)
 │   ├── ClipInvalidRequestError invalid_request   422/413/other 4xx: bad URL, bad image, too large ...
-│   └── ClipImageFetchError     download_failed   the service could not fetch the image (its JSON 502/504)
+│   └── ClipImageFetchError     download_failed   the service could not fetch the image (its JSON 422/502/504)
 ├── ClipServerError             server_error      500, an unexpected status, or an answer that is not ours
 └── ClipUnavailableError        unavailable       still failing after every retry (connection, 429, 502-504)
     └── ClipTimeoutError        timeout           ... and the last attempt timed out
@@ -19,7 +19,7 @@ a 200, as from the serverless handler), and `request_id` the id the server logge
 
 from __future__ import annotations
 
-from clip_client.codes import IMAGE_FETCH_CODES, REQUEST_REFUSED_CODES, ErrorCode
+from clip_client.codes import AUTH_CODES, IMAGE_FETCH_CODES, REQUEST_REFUSED_CODES, ErrorCode
 
 
 class ClipClientError(Exception):
@@ -95,8 +95,10 @@ class ClipTimeoutError(ClipUnavailableError):
 
 def error_for(code: str, message: str, status: int | None, request_id: str | None = None) -> ClipClientError:
     """Map a refusal (HTTP status and/or the service's error code) to its exception."""
-    if status == 401 or status == 403 or code == ErrorCode.UNAUTHORIZED:
-        return ClipAuthError(message, code=ErrorCode.UNAUTHORIZED, status=status, request_id=request_id)
+    if status == 401 or status == 403 or code in AUTH_CODES:
+        # The service's code says which check failed; a 401 from elsewhere (a proxy, RunPod) has none of ours.
+        auth_code = code if code in AUTH_CODES else ErrorCode.UNAUTHORIZED
+        return ClipAuthError(message, code=auth_code, status=status, request_id=request_id)
     if code in IMAGE_FETCH_CODES:
         return ClipImageFetchError(message, code=code, status=status, request_id=request_id)
     if status is not None and 400 <= status < 500:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-# Statuses that say "not now" rather than "no": retried.
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Statuses that say "not now" rather than "no": retried (408: the body came too slowly this time).
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)

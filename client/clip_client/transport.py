@@ -63,7 +63,8 @@ def _decode(raw: bytes) -> object:
 def _retryable(status: int, body: object) -> bool:
     if status not in RETRY_STATUSES:
         return False
-    # The service's own 502/504 about the image host is a final answer, not a sick server.
+    # The service's own 502/504 about the image host is a final answer, not a sick server (its 422,
+    # the host's 4xx, is not in RETRY_STATUSES at all).
     code, _ = Answer(status, body).error_code_and_message()
     return code not in IMAGE_FETCH_CODES
 

@@ -27,8 +27,11 @@ def test_embed_image_returns_normalised_float_vector(service, image_server):
 @pytest.mark.parametrize(
     ("path", "status", "code"),
     [
-        ("status/404", 502, "download_failed"),
+        ("status/404", 422, "download_failed"),  # the image server's "no" is the caller's to fix: final
+        ("status/403", 422, "download_failed"),
+        ("status/429", 502, "download_failed"),  # its "not now" and its faults: retryable
         ("status/500", 502, "download_failed"),
+        ("status/503", 502, "download_failed"),
         ("img/page.html", 422, "invalid_image"),
         ("img/random.jpg", 422, "invalid_image"),
         ("img/truncated.jpg", 422, "invalid_image"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,19 +155,57 @@ def test_openai_failing_image_fails_the_request_naming_its_index(keyed, image_se
     inputs = [image_server.url("img/photo1.jpg"), image_server.url("status/404")]
     status, answer = bearer(keyed, {"model": "clip-tiny", "input": inputs, "modality": "image"})
     error = {"code": "download_failed", "message": "input[1]: image server answered HTTP 404"}
-    assert (status, answer) == (502, {"error": error})
+    assert (status, answer) == (422, {"error": error})
 
 
-@pytest.mark.parametrize("header", ["Bearer sk-wrong", "Bearer ", "Basic abc", "Bearer " + KEY + "x", "Bearer é"])
-def test_openai_bad_bearer_is_401(keyed, header):
+def test_openai_sdk_missing_image_is_fetched_once_and_not_retried(keyed, image_server):
+    # The SDK's default max_retries (2) retries every 5xx: a 404 image answered 502 was fetched 3 times.
+    client = openai.OpenAI(base_url=f"{keyed.base}/v1", api_key=KEY, timeout=60)
+    url = image_server.url("img/sdk-missing.jpg")
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.embeddings.create(model="clip-tiny", input=[url], extra_body={"modality": "image"})
+    assert caught.value.status_code == 422
+    assert caught.value.body == {"code": "download_failed", "message": "input[0]: image server answered HTTP 404"}
+    assert image_server.count("/img/sdk-missing.jpg") == 1
+
+
+def test_openai_sdk_retries_an_image_host_5xx(keyed, image_server):
+    client = openai.OpenAI(base_url=f"{keyed.base}/v1", api_key=KEY, timeout=60, max_retries=1)
+    fetches = image_server.count("/status/502")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.embeddings.create(
+            model="clip-tiny", input=[image_server.url("status/502")], extra_body={"modality": "image"}
+        )
+    assert caught.value.status_code == 502
+    assert image_server.count("/status/502") == fetches + 2
+
+
+UNKNOWN_KEY = "the API key (Authorization: Bearer) is not one of this service's API_KEYS"
+NO_KEY_NOR_SIGNATURE = (
+    "missing X-Timestamp and X-Signature: sign the request (docs/api.md#authentication), or send "
+    "Authorization: Bearer <API key>"
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "code", "message"),
+    [
+        ("Bearer sk-wrong", "api_key_invalid", UNKNOWN_KEY),
+        ("Bearer ", "api_key_invalid", UNKNOWN_KEY),
+        ("Bearer " + KEY + "x", "api_key_invalid", UNKNOWN_KEY),
+        ("Bearer é", "api_key_invalid", UNKNOWN_KEY),
+        ("Basic abc", "missing_auth_headers", NO_KEY_NOR_SIGNATURE),
+    ],
+)
+def test_openai_bad_bearer_is_401_naming_the_check(keyed, header, code, message):
     raw = json.dumps({"model": "clip-tiny", "input": "a"}).encode()
     status, body, _ = call(keyed.base, EMBEDDINGS_PATH, raw=raw, secret=None, headers={"Authorization": header})
-    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert (status, body["error"]["code"], body["error"]["message"]) == (401, code, message)
 
 
 def test_openai_sdk_bad_key_raises_authentication_error(keyed):
-    # The message names the key, as an SDK user never signs; the reason stays in the server's log.
-    with pytest.raises(openai.AuthenticationError, match="missing or invalid API key or request signature"):
+    # The message names the key, as an SDK user never signs; the details stay in the server's log.
+    with pytest.raises(openai.AuthenticationError, match=re.escape(UNKNOWN_KEY)):
         sdk(keyed, "sk-not-a-key").embeddings.create(model="clip-tiny", input="a cat")
 
 
@@ -181,12 +220,13 @@ def test_openai_sdk_bad_key_raises_authentication_error(keyed):
 def test_bearer_key_is_refused_on_the_signed_endpoints(keyed, path, body):
     headers = {"Authorization": f"Bearer {KEY}"}
     status, answer, _ = call(keyed.base, path, body, secret=None, headers=headers)
-    assert (status, answer["error"]["code"]) == (401, "unauthorized")
+    assert (status, answer["error"]["code"]) == (401, "missing_auth_headers")
+    assert answer["error"]["message"].endswith("an API key (Authorization: Bearer) is accepted on /v1/embeddings only")
 
 
 def test_openai_without_keys_configured_refuses_any_bearer(service):
     status, body = bearer(service, {"model": "clip-tiny", "input": "a"})
-    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert (status, body["error"]["code"]) == (401, "api_key_invalid")
 
 
 def test_openapi_lists_the_new_endpoints(keyed):

@@ -56,4 +56,4 @@ def test_text_batch_signature_covers_each_text_boundary(service):
     # "a\nb" as one text and ["a", "b"] as two must not share a signature.
     headers = signed_headers(SECRET, "POST", PATH, text_batch_payload_id(["a", "b"]))
     status, body, _ = call(service.base, PATH, {"texts": ["a\nb"]}, secret=None, headers=headers)
-    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert (status, body["error"]["code"]) == (401, "signature_mismatch")

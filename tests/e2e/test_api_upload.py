@@ -100,7 +100,7 @@ def test_upload_signed_over_other_bytes_is_401(service):
         SECRET, "POST", UPLOAD_PATH, upload_payload_id([b"other bytes"])
     )
     status, body, _ = call(service.base, UPLOAD_PATH, raw=raw, secret=None, headers=headers)
-    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert (status, body["error"]["code"]) == (401, "signature_mismatch")
 
 
 def test_upload_with_curl_as_the_readme_shows(service, tmp_path):

@@ -6,15 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from clip_client.signing import new_nonce, signed_headers, text_payload_id
+from clip_client.signing import canonical_message, new_nonce, sign, signed_headers, text_payload_id
 
-from app.auth.verify import UNAUTHORIZED_MESSAGE, AuthHeaders, MemoryNonceStore, RequestVerifier, make_verifier
-from app.errors import Overloaded, Unauthorized
+from app.auth.nonces import NONCE_MARGIN_S, MemoryNonceStore, nonce_ttl_s
+from app.auth.verify import AuthHeaders, RequestVerifier, make_verifier
+from app.errors import (
+    MalformedAuthHeaders,
+    MissingAuthHeaders,
+    NonceReused,
+    Overloaded,
+    SignatureMismatch,
+    TimestampOutOfWindow,
+    Unauthorized,
+)
 from app.ops.logs import JsonFormatter
 from tests.support.api import SECRET, call
 from tests.support.data import tiny_settings
@@ -24,7 +34,6 @@ SKEW = 300
 NOW = 1_700_000_000
 PATH = "/v1/embed/text"
 PAYLOAD = text_payload_id("a photo of a cat")
-REFUSED = {"error": {"code": "unauthorized", "message": UNAUTHORIZED_MESSAGE}}
 
 
 class Clock:
@@ -69,7 +78,7 @@ def test_verifier_refuses_flipped_signature_byte(position):
     h = headers()
     sig = list(h.signature)
     sig[position] = "0" if sig[position] != "0" else "1"
-    with pytest.raises(Unauthorized):
+    with pytest.raises(SignatureMismatch):
         verify(verifier(), AuthHeaders(h.timestamp, "".join(sig), None))
 
 
@@ -80,22 +89,27 @@ def test_verifier_accepts_uppercase_hex_signature():
 
 @pytest.mark.parametrize(
     "signature",
-    ["", "abc", "g" * 64, "a" * 63, "a" * 65, "é" * 64, "a" * 63 + "é", "\u0661" * 64, "a" * 4096],
-    ids=["empty", "short", "non-hex", "63", "65", "non-ascii", "non-ascii-last", "arabic-digits", "huge"],
+    ["abc", "g" * 64, "a" * 63, "a" * 65, "é" * 64, "a" * 63 + "é", "\u0661" * 64, "a" * 4096],
+    ids=["short", "non-hex", "63", "65", "non-ascii", "non-ascii-last", "arabic-digits", "huge"],
 )
 def test_verifier_refuses_malformed_signature(signature):
-    with pytest.raises(Unauthorized):
+    with pytest.raises(MalformedAuthHeaders, match="^malformed X-Signature: expected 64 hex characters$"):
         verify(verifier(), AuthHeaders(str(NOW), signature, None))
 
 
+def test_verifier_refuses_empty_signature_as_missing():
+    with pytest.raises(MissingAuthHeaders, match="^missing X-Signature: sign the request"):
+        verify(verifier(), AuthHeaders(str(NOW), "", None))
+
+
 def test_verifier_refuses_body_changed_after_signing():
-    with pytest.raises(Unauthorized):
+    with pytest.raises(SignatureMismatch):
         verify(verifier(), headers(), payload=text_payload_id("a photo of a dog"))
 
 
 @pytest.mark.parametrize("path", ["/v1/embed/image", "/v1/embed/%74ext", "/v1/embed/text/", "//v1/embed/text"])
 def test_verifier_refuses_other_path(path):
-    with pytest.raises(Unauthorized):
+    with pytest.raises(SignatureMismatch):
         verify(verifier(), headers(), path=path)
 
 
@@ -109,24 +123,52 @@ def test_verifier_timestamp_window_edge(offset, accepted):
     if accepted:
         verify(verifier(), h)
     else:
-        with pytest.raises(Unauthorized):
+        with pytest.raises(TimestampOutOfWindow):
             verify(verifier(), h)
 
 
 @pytest.mark.parametrize(
-    "timestamp",
-    ["abc", "12.5", "-5", "+5", "1e9", " 1700000000", "1700000000 ", "1700000000\n", "１７００", "0x10", "", None],
+    ("timestamp", "error"),
+    [
+        *[
+            (ts, MalformedAuthHeaders)
+            for ts in (
+                "abc",
+                "12.5",
+                "-5",
+                "+5",
+                "1e9",
+                " 1700000000",
+                "1700000000 ",
+                "1700000000\n",
+                "１７００",
+                "0x10",
+            )
+        ],
+        ("", MissingAuthHeaders),
+        (None, MissingAuthHeaders),
+    ],
 )
-def test_verifier_refuses_non_numeric_timestamp(timestamp):
+def test_verifier_refuses_non_numeric_timestamp(timestamp, error):
     sig = headers().signature
-    with pytest.raises(Unauthorized):
+    with pytest.raises(error):
         verify(verifier(), AuthHeaders(timestamp, sig, None))
 
 
-@pytest.mark.parametrize("timestamp", ["9" * 12, "9" * 13, "9" * 100, str(2**64), "0", "0" * 12])
-def test_verifier_refuses_huge_or_zero_timestamp(timestamp):
+@pytest.mark.parametrize(
+    ("timestamp", "error"),
+    [
+        ("9" * 12, TimestampOutOfWindow),
+        ("9" * 13, MalformedAuthHeaders),
+        ("9" * 100, MalformedAuthHeaders),
+        (str(2**64), MalformedAuthHeaders),
+        ("0", TimestampOutOfWindow),
+        ("0" * 12, TimestampOutOfWindow),
+    ],
+)
+def test_verifier_refuses_huge_or_zero_timestamp(timestamp, error):
     sig = headers().signature
-    with pytest.raises(Unauthorized):
+    with pytest.raises(error):
         verify(verifier(), AuthHeaders(timestamp, sig, None))
 
 
@@ -136,7 +178,7 @@ def test_verifier_refuses_huge_or_zero_timestamp(timestamp):
 def test_verifier_refuses_replayed_nonce():
     v, h = verifier(), headers(nonce=new_nonce())
     verify(v, h)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NonceReused):
         verify(v, h)
 
 
@@ -146,27 +188,50 @@ def test_verifier_accepts_fresh_nonces():
         verify(v, headers(nonce=nonce))
 
 
-def test_verifier_forgets_nonce_after_twice_the_skew():
-    store_clock = Clock(0)
-    v = verifier(store=MemoryNonceStore(10, clock=store_clock))
-    h = headers(nonce=new_nonce())
+def test_verifier_keeps_a_nonce_through_its_timestamps_whole_window():
+    # Admitted at the first second its timestamp is accepted, replayed at the window's last moment: the
+    # server's clock reads ts + SKEW + 0.999, which rounds down into the window.
+    wall, store_clock = Clock(NOW - SKEW), Clock(0)
+    v = RequestVerifier(
+        [SECRET],
+        max_skew_s=SKEW,
+        insecure=False,
+        require_nonce=True,
+        gate=MemoryNonceStore(10, clock=store_clock),
+        clock=wall,
+    )
+    h = headers(ts=NOW, nonce=new_nonce())
     verify(v, h)
-    store_clock.now = 2 * SKEW - 1
-    with pytest.raises(Unauthorized):
+    last_moment = 2 * SKEW + 0.999
+    wall.now, store_clock.now = NOW - SKEW + last_moment, last_moment
+    with pytest.raises(NonceReused):
         verify(v, h)
-    store_clock.now = 2 * SKEW
-    verify(v, h)  # by now the timestamp itself is outside the window in real use
+
+
+def test_nonce_ttl_is_the_whole_window_and_a_margin():
+    assert nonce_ttl_s(SKEW) == 2 * SKEW + 1 + NONCE_MARGIN_S and NONCE_MARGIN_S >= 1
+
+
+def test_nonce_store_forgets_a_nonce_once_its_ttl_passed():
+    store_clock = Clock(0)
+    store = MemoryNonceStore(10, clock=store_clock)
+    ttl = nonce_ttl_s(SKEW)
+    assert asyncio.run(store.remember("n0nce-0123456789ab", ttl)) is True
+    store_clock.now = ttl - 0.001
+    assert asyncio.run(store.remember("n0nce-0123456789ab", ttl)) is False
+    store_clock.now = ttl
+    assert asyncio.run(store.remember("n0nce-0123456789ab", ttl)) is True  # memory stays bounded
 
 
 def test_verifier_refuses_nonce_not_covered_by_signature():
     h = headers()  # signed without a nonce
-    with pytest.raises(Unauthorized):
+    with pytest.raises(SignatureMismatch):
         verify(verifier(), AuthHeaders(h.timestamp, h.signature, new_nonce()))
 
 
 def test_verifier_refused_request_does_not_burn_nonce():
     v, nonce = verifier(), new_nonce()
-    with pytest.raises(Unauthorized):
+    with pytest.raises(SignatureMismatch):
         verify(v, headers("wrong-secret", nonce=nonce))
     verify(v, headers(nonce=nonce))
 
@@ -178,12 +243,12 @@ def test_verifier_refused_request_does_not_burn_nonce():
 )
 def test_verifier_refuses_malformed_nonce(nonce):
     h = headers(nonce=nonce)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(MalformedAuthHeaders, match="^malformed X-Nonce"):
         verify(verifier(), h)
 
 
 def test_verifier_require_nonce_refuses_missing_nonce():
-    with pytest.raises(Unauthorized):
+    with pytest.raises(MissingAuthHeaders, match="^missing X-Nonce: .* \\(REQUIRE_NONCE=1\\)$"):
         verify(verifier(require_nonce=True), headers())
     verify(verifier(require_nonce=True), headers(nonce=new_nonce()))
 
@@ -220,7 +285,7 @@ def test_verifier_accepts_every_rotated_secret(secret):
 
 
 def test_verifier_refuses_retired_secret():
-    with pytest.raises(Unauthorized):
+    with pytest.raises(SignatureMismatch):
         verify(verifier(["new-secret-0123456789"]), headers("old-secret-0123456789"))
 
 
@@ -313,20 +378,48 @@ def tampered(h: dict[str, str], **changes: str) -> dict[str, str]:
     return h | changes
 
 
+SIGN_HOW = "sign the request (docs/api.md#authentication)"
+MISMATCH = re.compile(
+    r"the signature does not match this request: no key of the service signs "
+    r"'POST\|/v1/embed/text\|[0-9a-f]{64}\|[0-9]+(\|[A-Za-z0-9_-]+)?'; check the secret, and sign the method, the "
+    r"path as sent, the payload id and the timestamp \(docs/api\.md#authentication\)"
+)
+SKEWED = re.compile(
+    r"X-Timestamp [0-9]+ is 3600 s (behind|ahead of) the server's clock \([0-9]+\); at most 300 s either way is "
+    r"accepted \(AUTH_MAX_SKEW_S\): check this machine's clock"
+)
+
+
 @pytest.mark.parametrize(
-    "make_headers",
+    ("make_headers", "code", "message"),
     [
-        dict,
-        lambda: {"X-Timestamp": str(int(time.time()))},
-        lambda: tampered(signed(), **{"X-Signature": "0" * 64}),
-        lambda: signed("wrong-secret"),
-        lambda: signed(ts=int(time.time()) - 3600),
-        lambda: signed(ts=int(time.time()) + 3600),
-        lambda: tampered(signed(), **{"X-Timestamp": "soon"}),
-        lambda: tampered(signed(), **{"X-Timestamp": "9" * 40}),
-        lambda: tampered(signed(), **{"X-Signature": "é" * 64}),
-        lambda: tampered(signed(), **{"X-Nonce": "short"}),
-        lambda: tampered(signed(), **{"X-Nonce": new_nonce()}),
+        (dict, "missing_auth_headers", f"missing X-Timestamp and X-Signature: {SIGN_HOW}"),
+        (lambda: {"X-Timestamp": str(int(time.time()))}, "missing_auth_headers", f"missing X-Signature: {SIGN_HOW}"),
+        (lambda: tampered(signed(), **{"X-Signature": "0" * 64}), "signature_mismatch", MISMATCH),
+        (lambda: signed("wrong-secret"), "signature_mismatch", MISMATCH),
+        (lambda: signed(ts=int(time.time()) - 3600), "timestamp_out_of_window", SKEWED),
+        (lambda: signed(ts=int(time.time()) + 3600), "timestamp_out_of_window", SKEWED),
+        (
+            lambda: tampered(signed(), **{"X-Timestamp": "soon"}),
+            "malformed_auth_headers",
+            "malformed X-Timestamp: expected Unix seconds (1 to 12 digits)",
+        ),
+        (
+            lambda: tampered(signed(), **{"X-Timestamp": "9" * 40}),
+            "malformed_auth_headers",
+            "malformed X-Timestamp: expected Unix seconds (1 to 12 digits)",
+        ),
+        (
+            lambda: tampered(signed(), **{"X-Signature": "é" * 64}),
+            "malformed_auth_headers",
+            "malformed X-Signature: expected 64 hex characters",
+        ),
+        (
+            lambda: tampered(signed(), **{"X-Nonce": "short"}),
+            "malformed_auth_headers",
+            "malformed X-Nonce: expected 16-64 characters of A-Za-z0-9_-",
+        ),
+        (lambda: tampered(signed(), **{"X-Nonce": new_nonce()}), "signature_mismatch", MISMATCH),
     ],
     ids=[
         "no-headers",
@@ -342,9 +435,24 @@ def tampered(h: dict[str, str], **changes: str) -> dict[str, str]:
         "unsigned-nonce",
     ],
 )
-def test_api_auth_failures_share_one_body(service, make_headers):
-    status, body, _ = call(service.base, PATH, BODY, secret=None, headers=make_headers())
-    assert (status, body) == (401, REFUSED)
+def test_api_auth_failure_says_which_check_failed(service, make_headers, code, message):
+    status, body, got = call(service.base, PATH, BODY, secret=None, headers=make_headers())
+    assert (status, sorted(body), sorted(body["error"])) == (401, ["error"], ["code", "message", "request_id"])
+    assert (body["error"]["code"], body["error"]["request_id"]) == (code, got["x-request-id"])
+    if isinstance(message, str):
+        assert body["error"]["message"] == message
+    else:
+        assert message.fullmatch(body["error"]["message"]), body["error"]["message"]
+
+
+def test_api_auth_failure_body_holds_no_secret_or_expected_signature(service):
+    h = signed("wrong-secret-0123456789")
+    ts = int(h["X-Timestamp"])
+    expected = sign(SECRET, canonical_message("POST", PATH, text_payload_id(BODY["text"]), ts))
+    status, body, _ = call(service.base, PATH, BODY, secret=None, headers=h)
+    text = json.dumps(body)
+    assert (status, body["error"]["code"]) == (401, "signature_mismatch")
+    assert SECRET not in text and expected not in text and h["X-Signature"] not in text
 
 
 @pytest.mark.parametrize(
@@ -362,13 +470,14 @@ def test_api_refusal_log_carries_the_request_id_the_caller_got(service, caplog, 
 
 def test_api_refuses_body_changed_after_signing(service):
     status, body, _ = call(service.base, PATH, {"text": "a photo of a dog"}, secret=None, headers=signed())
-    assert (status, body) == (401, REFUSED)
+    assert (status, body["error"]["code"]) == (401, "signature_mismatch")
 
 
 def test_api_verifies_raw_path(service):
-    # The router decodes %74 to "t", but the signature must cover the path as sent.
+    # The router decodes %74 to "t", but the signature must cover the path as sent, and the message says so.
     status, body, _ = call(service.base, "/v1/embed/%74ext", BODY, secret=None, headers=signed())
-    assert (status, body) == (401, REFUSED)
+    assert (status, body["error"]["code"]) == (401, "signature_mismatch")
+    assert "'POST|/v1/embed/%74ext|" in body["error"]["message"]
 
 
 @pytest.fixture(scope="module")
@@ -386,19 +495,25 @@ def test_api_accepts_every_rotated_secret(rotated_service, secret):
 
 def test_api_refuses_secret_not_configured(rotated_service):
     status, body, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=signed(nonce=new_nonce()))
-    assert (status, body) == (401, REFUSED)
+    assert (status, body["error"]["code"]) == (401, "signature_mismatch")
 
 
 def test_api_refuses_replayed_nonce(rotated_service):
     h = signed("new-secret-0123456789", nonce=new_nonce())
     first, _, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=h)
-    second, body, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=h)
-    assert (first, second, body) == (200, 401, REFUSED)
+    second, body, got = call(rotated_service.base, PATH, BODY, secret=None, headers=h)
+    error = {
+        "code": "nonce_reused",
+        "message": "X-Nonce was already used by an accepted request: send a new nonce with every request, retries too",
+        "request_id": got["x-request-id"],
+    }
+    assert (first, second, body) == (200, 401, {"error": error})
 
 
 def test_api_require_nonce_refuses_missing_nonce(rotated_service):
     status, body, _ = call(rotated_service.base, PATH, BODY, secret=None, headers=signed("new-secret-0123456789"))
-    assert (status, body) == (401, REFUSED)
+    message = "missing X-Nonce: this service requires a new nonce in every signed request (REQUIRE_NONCE=1)"
+    assert (status, body["error"]["code"], body["error"]["message"]) == (401, "missing_auth_headers", message)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.errors import DownloadFailed, DownloadTimeout, ImageTooLarge
+from app.errors import DownloadFailed, DownloadRefused, DownloadTimeout, ImageTooLarge
 from scripts.procs import free_port
 from tests.support.api import call
 from tests.support.attack import PHOTO, PUBLIC_HOST, guarded_fetcher, public_dns
@@ -142,11 +142,22 @@ async def test_fetch_unknown_host_says_host_not_found():
     assert err.value.message == "could not fetch image: host not found"
 
 
-@pytest.mark.parametrize("status", [403, 404, 500, 503])
-async def test_fetch_non_2xx_status_is_download_failed(hostile, status):
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [(400, True), (403, True), (404, True), (410, True), (408, False), (429, False), (500, False), (503, False)],
+)
+async def test_fetch_non_2xx_status_is_download_failed_refused_only_for_a_final_4xx(hostile, status, refused):
     with pytest.raises(DownloadFailed) as err:
         await fetch(hostile, f"status/{status}")
     assert err.value.message == f"image server answered HTTP {status}"
+    assert err.value.code == "download_failed"
+    assert isinstance(err.value, DownloadRefused) is refused
+
+
+async def test_fetch_4xx_behind_a_redirect_is_refused(hostile):
+    with pytest.raises(DownloadRefused) as err:
+        await fetch(hostile, "hops/1?name=missing.jpg")
+    assert err.value.message == "redirect 1: image server answered HTTP 404"
 
 
 # --- through the API ------------------------------------------------------------------------
@@ -160,7 +171,9 @@ async def test_fetch_non_2xx_status_is_download_failed(hostile, status):
         ("lying/photo.jpg?claim=700&repeat=50", 502, "download_failed"),
         ("lying/photo.jpg?claim=60000&repeat=1", 502, "download_failed"),
         ("encoded/photo.jpg?enc=br", 502, "download_failed"),
-        ("status/404", 502, "download_failed"),
+        ("status/404", 422, "download_failed"),
+        ("status/429", 502, "download_failed"),
+        ("status/500", 502, "download_failed"),
         ("trickle?interval=1", 504, "download_timeout"),
     ],
 )

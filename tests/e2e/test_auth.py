@@ -27,9 +27,8 @@ def _text_signature(ts: int | str, text: str = TEXT["text"], secret: str = SECRE
     return sign(secret, canonical_message("POST", path, text_payload_id(text), ts))
 
 
-def _assert_unauthorized(status: int, body: dict) -> None:
-    assert status == 401
-    assert body == {"error": {"code": "unauthorized", "message": "missing or invalid request signature"}}
+def _assert_unauthorized(status: int, body: dict, code: str) -> None:
+    assert (status, body["error"]["code"]) == (401, code)
 
 
 def test_signed_text_request_succeeds(service):
@@ -38,7 +37,7 @@ def test_signed_text_request_succeeds(service):
 
 
 def test_auth_missing_headers(service):
-    _assert_unauthorized(*call(service.base, "/v1/embed/text", TEXT, secret=None)[:2])
+    _assert_unauthorized(*call(service.base, "/v1/embed/text", TEXT, secret=None)[:2], "missing_auth_headers")
 
 
 @pytest.mark.parametrize("missing", ["X-Timestamp", "X-Signature"])
@@ -46,25 +45,29 @@ def test_auth_one_header_missing(service, missing):
     ts = int(time.time())
     headers = _headers(ts, _text_signature(ts))
     del headers[missing]
-    _assert_unauthorized(*call(service.base, "/v1/embed/text", TEXT, secret=None, headers=headers)[:2])
+    status, body, _ = call(service.base, "/v1/embed/text", TEXT, secret=None, headers=headers)
+    _assert_unauthorized(status, body, "missing_auth_headers")
+    assert body["error"]["message"].startswith(f"missing {missing}: ")
 
 
 def test_auth_wrong_secret(service):
     status, body, _ = call(service.base, "/v1/embed/text", TEXT, secret="not-the-secret")
-    _assert_unauthorized(status, body)
+    _assert_unauthorized(status, body, "signature_mismatch")
 
 
 def test_auth_flipped_signature_byte(service):
     ts = int(time.time())
     good = _text_signature(ts)
     flipped = ("1" if good[0] != "1" else "2") + good[1:]
-    _assert_unauthorized(*call(service.base, "/v1/embed/text", TEXT, secret=None, headers=_headers(ts, flipped))[:2])
+    status, body, _ = call(service.base, "/v1/embed/text", TEXT, secret=None, headers=_headers(ts, flipped))
+    _assert_unauthorized(status, body, "signature_mismatch")
 
 
 def test_auth_body_changed_after_signing(service):
     ts = int(time.time())
     headers = _headers(ts, _text_signature(ts, text="a photo of a dog"))
-    _assert_unauthorized(*call(service.base, "/v1/embed/text", TEXT, secret=None, headers=headers)[:2])
+    status, body, _ = call(service.base, "/v1/embed/text", TEXT, secret=None, headers=headers)
+    _assert_unauthorized(status, body, "signature_mismatch")
 
 
 def test_auth_signature_for_other_path(service, image_server):
@@ -72,27 +75,34 @@ def test_auth_signature_for_other_path(service, image_server):
     ts = int(time.time())
     sig = sign(SECRET, canonical_message("POST", "/v1/embed/image-batch", image_payload_id(url), ts))
     status, body, _ = call(service.base, "/v1/embed/image", {"image_url": url}, secret=None, headers=_headers(ts, sig))
-    _assert_unauthorized(status, body)
+    _assert_unauthorized(status, body, "signature_mismatch")
 
 
 @pytest.mark.parametrize("offset", [-400, 400])
 def test_auth_timestamp_outside_window(service, offset):
     ts = int(time.time()) + offset
-    _assert_unauthorized(
-        *call(service.base, "/v1/embed/text", TEXT, secret=None, headers=_headers(ts, _text_signature(ts)))[:2]
-    )
+    status, body, _ = call(service.base, "/v1/embed/text", TEXT, secret=None, headers=_headers(ts, _text_signature(ts)))
+    _assert_unauthorized(status, body, "timestamp_out_of_window")
 
 
-@pytest.mark.parametrize("ts", ["abc", "1.5e9", "-5", "99999999999999999999", ""])
-def test_auth_malformed_timestamp(service, ts):
-    _assert_unauthorized(
-        *call(service.base, "/v1/embed/text", TEXT, secret=None, headers=_headers(ts, _text_signature(ts)))[:2]
-    )
+@pytest.mark.parametrize(
+    ("ts", "code"),
+    [
+        ("abc", "malformed_auth_headers"),
+        ("1.5e9", "malformed_auth_headers"),
+        ("-5", "malformed_auth_headers"),
+        ("99999999999999999999", "malformed_auth_headers"),
+        ("", "missing_auth_headers"),
+    ],
+)
+def test_auth_malformed_timestamp(service, ts, code):
+    status, body, _ = call(service.base, "/v1/embed/text", TEXT, secret=None, headers=_headers(ts, _text_signature(ts)))
+    _assert_unauthorized(status, body, code)
 
 
 def test_auth_checked_before_body_validation(service):
     status, body, _ = call(service.base, "/v1/embed/text", {"nope": 1}, secret=None)
-    _assert_unauthorized(status, body)
+    _assert_unauthorized(status, body, "missing_auth_headers")
 
 
 def test_health_needs_no_auth(service):

@@ -207,11 +207,11 @@ def test_bulk_missing_list_exits_2(bulk, tmp_path):
     assert status == 2 and summary["error"]["message"].startswith(f"cannot read the list {tmp_path / 'nope.txt'}")
 
 
-def test_bulk_wrong_secret_stops_the_run_with_unauthorized(bulk, monkeypatch, image_server, tmp_path):
+def test_bulk_wrong_secret_stops_the_run_with_signature_mismatch(bulk, monkeypatch, image_server, tmp_path):
     list_path, _ = make_list(image_server, tmp_path, count=10)
     monkeypatch.setenv("EMBEDDING_HMAC_SECRET", "wrong")
     status, summary, _ = bulk(str(list_path), "--out", str(tmp_path / "out"))
-    assert status == 1 and summary["error"]["code"] == "unauthorized"
+    assert status == 1 and summary["error"]["code"] == "signature_mismatch"
     # Nothing embedded; the one line failed is the text file, refused here before any request.
     assert progress(tmp_path / "out").tolist() == [3, 0, 0, 2, 0, 0, 0, 0, 0, 0]
 

@@ -65,7 +65,7 @@ def test_cli_refused_request_exits_1_with_error(cli):
     assert status == 1 and out["error"]["code"] == "invalid_url"
 
 
-def test_cli_wrong_secret_exits_1_unauthorized_with_the_request_id_the_server_logged(
+def test_cli_wrong_secret_exits_1_signature_mismatch_with_the_request_id_the_server_logged(
     cli, monkeypatch, image_server, caplog
 ):
     monkeypatch.setenv("EMBEDDING_HMAC_SECRET", "wrong")
@@ -73,7 +73,7 @@ def test_cli_wrong_secret_exits_1_unauthorized_with_the_request_id_the_server_lo
     status, out = cli("image", image_server.url("img/photo0.jpg"))
     (record,) = [r for r in caplog.records if r.name == "app.auth.verify"]
     error = out["error"]
-    assert status == 1 and error["code"] == "unauthorized" and error["request_id"] == record.request_id
+    assert status == 1 and error["code"] == "signature_mismatch" and error["request_id"] == record.request_id
     assert "EMBEDDING_HMAC_SECRET" in error["hint"] and f"request_id {record.request_id}" in error["hint"]
 
 

@@ -71,7 +71,7 @@ async def test_client_wrong_secret_raises_auth_error_without_retry(service, imag
     async with client:
         with pytest.raises(ClipAuthError) as caught:
             await client.embed_image(image_server.url("img/photo0.jpg"))
-    assert caught.value.status == 401 and caught.value.code == "unauthorized"
+    assert caught.value.status == 401 and caught.value.code == "signature_mismatch"
     assert sent.requests == [("POST", "/v1/embed/image")]
     assert sleeps.delays == []
 
@@ -85,13 +85,16 @@ async def test_client_422_raised_at_once(service):
     assert len(sent.requests) == 1 and sleeps.delays == []
 
 
-async def test_client_image_host_failure_not_retried(service, image_server):
+@pytest.mark.parametrize(("path", "status"), [("img/client-missing.jpg", 422), ("status/503", 502)])
+async def test_client_image_host_failure_not_retried(service, image_server, path, status):
     client, sleeps, sent = make_client(service.base)
+    fetches = image_server.count(f"/{path}")
     async with client:
         with pytest.raises(ClipImageFetchError) as caught:
-            await client.embed_image(image_server.url("img/missing.jpg"))
-    assert caught.value.status == 502 and caught.value.code == "download_failed"
+            await client.embed_image(image_server.url(path))
+    assert caught.value.status == status and caught.value.code == "download_failed"
     assert len(sent.requests) == 1 and sleeps.delays == []
+    assert image_server.count(f"/{path}") == fetches + 1
 
 
 FAILURES = {

@@ -114,7 +114,7 @@ def test_health_is_503_loading_until_model_is_ready():
         ready_status, _, _ = call(svc.base, "/health")
     assert (status, body["status"]) == (503, "loading")
     assert (text_status, text_body["error"]["code"]) == (503, "unavailable")
-    assert (unsigned_status, unsigned_body["error"]["code"]) == (401, "unauthorized")
+    assert (unsigned_status, unsigned_body["error"]["code"]) == (401, "missing_auth_headers")
     assert ready_status == 200
 
 

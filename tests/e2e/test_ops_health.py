@@ -1,4 +1,4 @@
-"""/health tells the truth (loading, engine dead, draining); /live only says the process answers."""
+"""/health tells the truth (loading, engine dead, draining, shared store down); /live only says the process answers."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import time
 
 import pytest
 
+from app.api.routes import STATE_DOWN_REASON
 from app.ops.lifecycle import Lifecycle
 from app.ops.probe import probe
 from scripts.procs import free_port
 from tests.support.api import call
 from tests.support.data import tiny_settings
 from tests.support.fake_model import FakeEmbedder
+from tests.support.metrics import scrape, value
+from tests.support.pod import redis_or_skip
+from tests.support.redis import RedisServer
 from tests.support.service import run_service, wait_healthy
 
 
@@ -93,3 +97,27 @@ def test_health_is_503_draining_and_new_requests_refused_while_draining(image_se
 @pytest.mark.parametrize("path", ["/health", "/live"])
 def test_probe_fails_when_nothing_listens(path):
     assert probe(path, port=free_port(), timeout_s=2) == 1
+
+
+def test_health_is_503_while_the_shared_store_is_unreachable_and_live_stays_200(tmp_path):
+    with RedisServer(redis_or_skip(), tmp_path) as store:
+        settings = tiny_settings(state_url=store.url)
+        with run_service(settings, embedder_factory=lambda s: FakeEmbedder()) as svc:
+            store.kill()
+            down = call(svc.base, "/health")
+            down_live, down_ready = call(svc.base, "/live"), value(scrape(svc.base), "clip_ready")
+            store.start()  # a fresh Redis on the same port: the service recovers without a restart
+            up = call(svc.base, "/health")
+            up_ready = value(scrape(svc.base), "clip_ready")
+    status, body, headers = down
+    # A readiness probe sends no more traffic (signed requests with a nonce would get 503)...
+    assert (status, body["status"], body["reason"], body["shared_state"], headers["retry-after"]) == (
+        503,
+        "unavailable",
+        STATE_DOWN_REASON,
+        "unreachable",
+        "1",
+    )
+    # ...while liveness stays 200: nothing to gain from restarting the process over a Redis outage.
+    assert (down_live[0], down_ready) == (200, 0)
+    assert (up[0], up[1]["status"], up[1]["shared_state"], up_ready) == (200, "ok", "ok", 1)

@@ -44,11 +44,11 @@ def test_request_log_line_has_id_endpoint_status_items_duration_and_error(servic
     assert (batch.endpoint, batch.status, batch.items, batch.error_code) == ("/v1/embed/image-batch", 200, 2, None)
     assert (single.endpoint, single.status, single.items, single.error_code) == (
         "/v1/embed/image",
-        502,
+        422,
         1,
         "download_failed",
     )
-    assert (refused.status, refused.error_code) == (401, "unauthorized")
+    assert (refused.status, refused.error_code) == (401, "signature_mismatch")
     assert batch.duration_ms > 0
 
 

@@ -81,3 +81,36 @@ def test_oom_through_the_service_fails_one_item_and_stays_healthy():
     assert health[0] == 200
     assert value(samples, "clip_oom_events_total") >= 2
     assert value(samples, "clip_errors_total", code="overloaded") == 2
+
+
+class StartingOomEmbedder(OomEmbedder):
+    """Starts batches as a GPU model does (ENGINE_OVERLAP), and runs out of memory at the start as it would."""
+
+    def start_images(self, pixels):
+        rows = self.encode_images(pixels)  # raises out-of-memory over the limit, as the launch would
+
+        class Started:
+            def wait(self):
+                return rows
+
+        return Started()
+
+
+def test_oom_at_the_start_of_an_overlapped_batch_splits_it_and_counts_once():
+    from app.inference.model_guard import GuardedEmbedder
+    from app.ops.metrics import Metrics
+
+    model = StartingOomEmbedder(limit=2)
+    metrics = Metrics()
+    guarded = GuardedEmbedder(model, metrics)
+    payloads = [torch.full((4, 4, 3), float(i + 1)) for i in range(4)]
+    split = guarded.start_images(payloads)
+    started = guarded.start_images(payloads[:2])
+    assert isinstance(split, list) and not isinstance(started, list)
+    assert model.attempts == [4, 2, 2, 2]  # the whole batch once, then its halves: no second whole try
+    rows = [*split, *started.wait()]
+    want = [FakeEmbedder()._run([p], [])[0] for p in [*payloads, *payloads[:2]]]
+    np.testing.assert_array_equal(np.stack(rows), np.stack(want))
+    sample = metrics.registry.get_sample_value
+    assert sample("clip_oom_events_total") == 1
+    assert sample("clip_batch_size_sum", {"queue": "images"}) == 6  # each started batch recorded once

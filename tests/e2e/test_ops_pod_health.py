@@ -29,6 +29,6 @@ def test_health_is_503_while_another_worker_loads_then_200(tmp_path):
         "1 of 2 workers ready",
         "1",
     )
-    assert [w["status"] for w in body["pod"]["workers"]] == ["ok", "loading"]
+    assert [(w["ready"], w["phase"]) for w in body["pod"]["workers"]] == [(True, "serving"), (False, "loading")]
     status, body, _ = ready
     assert (status, body["status"], body["pod"]["ready"], body["devices"]) == (200, "ok", 2, ["cpu"])

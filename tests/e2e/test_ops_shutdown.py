@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from scripts.procs import app_server
 from tests.support.api import call
 from tests.support.data import TINY_APP_ENV, jpeg_bytes
@@ -39,7 +41,9 @@ def _wait_for_count(images: ImageServer, prefix: str, n: int, timeout_s: float =
         time.sleep(0.01)
 
 
-def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path):
+# Docker and Kubernetes send SIGTERM, a terminal's Ctrl+C SIGINT, Ctrl+\ SIGQUIT: each one drains.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT], ids=["term", "int", "quit"])
+def test_stop_signal_drains_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path, sig):
     log_path = tmp_path / "server.log"
     with ImageServer() as images, app_process(log_path, SHUTDOWN_GRACE_S="30") as (proc, base):
         images.files["a.jpg"] = jpeg_bytes(96, 64, 3)
@@ -49,7 +53,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path
                 for _ in range(3)
             ]
             _wait_for_count(images, "/gated/", 3)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             health = _wait_for_status(base, 503)
             live = call(base, "/live")
             refused = call(base, "/v1/embed/text", {"text": "too late"})
@@ -66,7 +70,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path
     assert exit_code == 0
     entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     messages = [e["msg"] for e in entries]
-    assert "signal 15: draining before shutdown" in messages
+    assert f"signal {int(sig)}: draining before shutdown" in messages
     assert "draining: 3 request(s) in flight, waiting up to 30s" in messages
     statuses = [(e["endpoint"], e["status"]) for e in entries if e["logger"] == "app.request"]
     assert statuses.count(("/v1/embed/image", 200)) == 3 and ("/v1/embed/text", 503) in statuses
@@ -85,6 +89,23 @@ def test_sigterm_stops_after_grace_when_a_request_hangs(tmp_path):
     assert exit_code == 0
     assert outcome != 200  # cut off after the grace period: the connection closed without an answer
     assert "grace period over with 1 request(s) still in flight" in (tmp_path / "server.log").read_text()
+
+
+def test_second_sigterm_stops_at_once_cutting_requests_in_flight(tmp_path):
+    log_path = tmp_path / "server.log"
+    with ImageServer() as images, app_process(log_path, SHUTDOWN_GRACE_S="300") as (proc, base):
+        images.files["a.jpg"] = jpeg_bytes(96, 64, 3)
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(call, base, "/v1/embed/image", {"image_url": images.url("gated/a.jpg")}, timeout=120)
+            _wait_for_count(images, "/gated/", 1)
+            proc.send_signal(signal.SIGTERM)
+            draining = _wait_for_status(base, 503)
+            proc.send_signal(signal.SIGTERM)
+            exit_code = proc.wait(60)  # far sooner than the 300 s of grace the first signal gave
+            images.gate.set()
+            outcome = held.exception(30) or held.result(30)[0]
+    assert (draining[1]["status"], exit_code, outcome != 200) == ("draining", 0, True)
+    assert "signal 15: stopping at once" in log_path.read_text()
 
 
 def test_sigterm_when_idle_exits_0(tmp_path):

@@ -125,7 +125,7 @@ def test_bucketed_batches_give_the_same_vectors(checkpoint):
 
 @pytest.mark.parametrize(
     ("compile", "device", "max_batch", "expected"),
-    [(False, "cuda", None, ()), (True, "cuda", None, (1, 8, 16, 32, 64)), (True, "cpu", 20, (1, 8, 16, 20))],
+    [(False, "cuda", None, ()), (True, "cuda", None, (1, 8, 16, 32, 64, 128, 256)), (True, "cpu", 20, (1, 8, 16, 20))],
 )
 def test_settings_compile_buckets(compile, device, max_batch, expected):
     settings = tiny_settings(engine_compile=compile, engine_max_batch=max_batch)

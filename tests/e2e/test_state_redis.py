@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clip_client.signing import signed_headers
 from redis.asyncio import Redis
 
-from app.errors import InvalidRequest, RateLimited
+from app.auth.nonces import nonce_ttl_s
+from app.auth.verify import AuthHeaders, RequestVerifier
+from app.errors import InvalidRequest, NonceReused, RateLimited
 from app.inference.cache import image_key, text_key
 from app.state import SharedState, StoreUnavailable, Verdict, signing_key_id
 from app.state.gate import GATE_SCRIPT
@@ -105,6 +108,34 @@ async def test_state_nonce_concurrent_remember_admits_exactly_one(state: SharedS
     assert sorted(results) == [False] * 15 + [True]
 
 
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_state_nonce_outlives_its_timestamps_whole_window(state: SharedState, raw: Redis):
+    # Admitted at the first second its timestamp is accepted, then replayed at the window's last moment,
+    # with the verifier's clock injected; Redis counts the nonce's TTL on its own clock, so time passes.
+    skew, ts = 1, 1_700_000_000
+    wall = Clock(ts - skew)
+    verifier = RequestVerifier(
+        [SECRET], max_skew_s=skew, insecure=False, require_nonce=True, gate=state.gate, clock=wall
+    )
+    headers = signed_headers(SECRET, "POST", "/v1/embed/text", "p", timestamp=ts, nonce=NONCE)
+    auth = AuthHeaders(headers["X-Timestamp"], headers["X-Signature"], NONCE)
+    await verifier.admit(verifier.check("POST", "/v1/embed/text", "p", auth), 0)
+    ttl_ms = await raw.pttl(f"clip:nonce:{NONCE}")
+    assert (2 * skew + 1) * 1000 < ttl_ms <= nonce_ttl_s(skew) * 1000
+    last_moment = 2 * skew + 0.9
+    await asyncio.sleep(last_moment)
+    wall.now = ts - skew + last_moment
+    with pytest.raises(NonceReused):
+        await verifier.admit(verifier.check("POST", "/v1/embed/text", "p", auth), 0)
+
+
 async def test_state_nonce_retry_of_the_same_call_is_not_a_replay(raw: Redis):
     # What a retry after a broken connection sends again: the same token, which finds its own write.
     gate = raw.register_script(GATE_SCRIPT)
@@ -139,6 +170,19 @@ async def test_state_cache_get_many_returns_hits_and_misses_in_order(state: Shar
     await state.cache.put_many([(text_key("a"), np.full(4, 1, np.float32)), (text_key("c"), np.full(4, 3, np.float32))])
     got = await state.cache.get_many([text_key("a"), text_key("b"), text_key("c")])
     assert [None if v is None else v.tolist() for v in got] == [[1, 1, 1, 1], None, [3, 3, 3, 3]]
+
+
+async def test_state_cache_shares_nothing_until_it_knows_the_model(redis_server: RedisServer, raw: Redis):
+    shared = SharedState.from_url(redis_server.url, cache_ttl_s=60, timeout_s=TIMEOUT_S)
+    try:
+        await shared.cache.put(text_key("a"), np.ones(4, dtype=np.float32))
+        assert (await shared.cache.get(text_key("a")), await raw.keys("*")) == (None, [])
+        shared.cache.use_model("f" * 64)
+        await shared.cache.put(text_key("a"), np.ones(4, dtype=np.float32))
+        got = await shared.cache.get(text_key("a"))
+        assert got is not None and got.tolist() == [1, 1, 1, 1]
+    finally:
+        await shared.aclose()
 
 
 async def test_state_cache_is_separate_per_model(state: SharedState, redis_server: RedisServer):

@@ -9,7 +9,7 @@ import pytest
 
 from app.auth.apikeys import ApiKeys, bearer_token
 from app.auth.verify import UNSIGNED, make_verifier
-from app.errors import Unauthorized
+from app.errors import ApiKeyInvalid, MissingAuthHeaders
 from app.ops.logs import JsonFormatter
 from app.state.keys import signing_key_id
 from tests.support.data import tiny_settings
@@ -50,7 +50,8 @@ def test_api_keys_match_every_listed_key_by_id(presented, expected):
 )
 def test_verifier_refuses_an_unknown_key_logging_why_but_never_the_key(caplog, api_keys, reason):
     verifier = make_verifier(tiny_settings(api_keys=api_keys))
-    with caplog.at_level(logging.WARNING, logger="app.auth.verify"), pytest.raises(Unauthorized):
+    told = "^the API key \\(Authorization: Bearer\\) is not one of this service's API_KEYS$"
+    with caplog.at_level(logging.WARNING, logger="app.auth.verify"), pytest.raises(ApiKeyInvalid, match=told):
         verifier.check_api_key("sk-presented-secret-value", "req-1")
     (record,) = caplog.records
     assert record.getMessage() == reason
@@ -72,7 +73,7 @@ def test_verifier_insecure_mode_takes_any_key_as_unsigned():
 
 def test_verifier_refuses_a_bearer_key_on_a_signed_endpoint(caplog):
     verifier = make_verifier(tiny_settings(api_keys=KEY))
-    with caplog.at_level(logging.WARNING, logger="app.auth.verify"), pytest.raises(Unauthorized):
+    with caplog.at_level(logging.WARNING, logger="app.auth.verify"), pytest.raises(MissingAuthHeaders):
         verifier.refuse_api_key("req-2")
     assert caplog.messages == [
         "auth refused: Authorization: Bearer is accepted on /v1/embeddings only; this endpoint is signed"

@@ -10,8 +10,8 @@ from clip_client import (
     ClipInvalidRequestError,
     ClipServerError,
 )
-from clip_client.__main__ import error_document
-from clip_client.codes import ErrorCode
+from clip_client.__main__ import AUTH_HINTS, error_document
+from clip_client.codes import AUTH_CODES, ErrorCode
 from clip_client.errors import error_for
 
 from app import errors
@@ -47,6 +47,10 @@ def test_codes_serialise_as_their_plain_names():
         ("unauthorized", 401, ClipAuthError, "unauthorized"),
         ("", 403, ClipAuthError, "unauthorized"),
         ("unauthorized", None, ClipAuthError, "unauthorized"),
+        ("signature_mismatch", 401, ClipAuthError, "signature_mismatch"),
+        ("timestamp_out_of_window", 401, ClipAuthError, "timestamp_out_of_window"),
+        ("nonce_reused", None, ClipAuthError, "nonce_reused"),
+        ("invalid_request", 401, ClipAuthError, "unauthorized"),  # a 401 whose code is not an auth code
         ("download_failed", 502, ClipImageFetchError, "download_failed"),
         ("download_timeout", None, ClipImageFetchError, "download_timeout"),
         ("invalid_url", 422, ClipInvalidRequestError, "invalid_url"),
@@ -62,6 +66,16 @@ def test_codes_serialise_as_their_plain_names():
 def test_client_maps_code_and_status_to_exception(code, status, exc, expected_code):
     error = error_for(code, "m", status, "req-9")
     assert type(error) is exc and error.code == expected_code and error.request_id == "req-9"
+
+
+@pytest.mark.parametrize("code", sorted(AUTH_CODES - {ErrorCode.UNAUTHORIZED}))
+def test_cli_auth_error_hint_follows_the_code(code):
+    hint = error_document(ClipAuthError("m", code=code, request_id="req-8"), "runpod_pod")["error"]["hint"]
+    assert hint == f"{AUTH_HINTS[code]}; the server logs the refusal as 'auth refused' with request_id req-8"
+
+
+def test_cli_has_a_hint_for_every_auth_code_of_the_service():
+    assert set(AUTH_HINTS) == AUTH_CODES - {ErrorCode.UNAUTHORIZED}
 
 
 @pytest.mark.parametrize("backend", ["runpod_pod", "runpod_serverless"])

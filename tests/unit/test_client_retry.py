@@ -90,7 +90,7 @@ async def test_client_retries_503_honouring_retry_after_with_fresh_signatures():
         assert h["X-Signature"] == sign(SECRET, message)
 
 
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 429, 502, 503, 504])
 async def test_client_gives_up_after_attempts_on_retryable_status(status):
     calls: list[int] = []
 

@@ -18,7 +18,7 @@ DOCS = sorted(
     + list((ROOT / "docs").glob("*.md"))
     if p.exists()
 )
-_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # links and images
 _FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 
 
@@ -100,3 +100,35 @@ def test_docs_links_resolve(doc):
 
 def test_readme_fits_a_newcomers_reading():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
+
+
+_SHELL_BLOCK = re.compile(r"^```(?:bash|sh)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+# Where a command writes: a redirection (not `2>&1`), or an output folder option.
+_WRITES = re.compile(r"(?<![\d>&])>>?\s*([^\s&|;)]+)|--out\s+(\S+)")
+
+
+def _written_paths(markdown: str) -> list[str]:
+    """Return the repository-relative paths the shell blocks of a Markdown text write to."""
+    paths = []
+    for block in _SHELL_BLOCK.findall(markdown):
+        for line in block.splitlines():
+            command = "" if line.lstrip().startswith("#") else line.split(" #", 1)[0]
+            paths += [a or b for a, b in _WRITES.findall(command)]
+    return [p for p in paths if not p.startswith(("/", "$", "~"))]
+
+
+def _ignored_folders() -> set[str]:
+    lines = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    return {line.strip("/") for line in lines if line.endswith("/") and not line.startswith("#")}
+
+
+def test_written_paths_finds_redirections_and_out_folders():
+    text = "```bash\nx > a.txt 2>&1; y >> b/c.log\nz --out d # > e\n# -> f\nw > /dev/null\n```\n"
+    assert _written_paths(text) == ["a.txt", "b/c.log", "d"]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "README.pod.md"])
+def test_readme_commands_write_only_into_ignored_folders(doc):
+    # A newcomer's clone must stay clean: `git status` after the quick start shows nothing new.
+    written = _written_paths((ROOT / doc).read_text(encoding="utf-8"))
+    assert [p for p in written if p.split("/", 1)[0] not in _ignored_folders()] == []

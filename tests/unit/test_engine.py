@@ -366,3 +366,83 @@ async def test_engine_stops_waiting_for_announced_items_after_half_a_forward_pas
         await engine.stop()
     await stuck
     assert model.text_batches[1:] == [2]
+
+
+class _Gated:
+    """A started batch whose rows come back when the test opens its gate."""
+
+    def __init__(self, rows: np.ndarray, gate: threading.Event) -> None:
+        self.rows, self.gate = rows, gate
+        self.waited_on: str | None = None
+
+    def wait(self) -> np.ndarray:
+        self.waited_on = threading.current_thread().name
+        assert self.gate.wait(10)
+        return self.rows
+
+
+class StartingModel(FakeEmbedder):
+    """A stand-in that starts image batches and returns at once, as a GPU model does (ENGINE_OVERLAP)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[_Gated] = []
+
+    def start_images(self, pixels: list[torch.Tensor]) -> _Gated:
+        self.pending.append(_Gated(self._run(pixels, self.image_batches), threading.Event()))
+        return self.pending[-1]
+
+
+async def test_engine_overlap_starts_the_next_batch_while_one_is_on_the_device_and_no_more():
+    model = StartingModel()
+    engine = Engine(model, max_batch=8, max_wait_ms=0, overlap=True)
+    engine.start()
+    try:
+        first = asyncio.create_task(engine.images.submit([torch.full((4, 4, 3), 1.0)]))
+        await until(lambda: len(model.pending) == 1, "the first batch started")
+        second = asyncio.create_task(engine.images.submit([torch.full((4, 4, 3), 2.0)]))
+        await until(lambda: len(model.pending) == 2, "the second batch started while the first runs")
+        third = asyncio.create_task(engine.images.submit([torch.full((4, 4, 3), 3.0)]))
+        await until(lambda: engine.images.depth == 0, "the engine took the third item")
+        await asyncio.sleep(0.05)  # room for a wrong third start
+        assert len(model.pending) == 2 and not first.done()
+        model.pending[0].gate.set()
+        ((one,),) = await done(first)
+        await until(lambda: len(model.pending) == 3, "the third batch started once the first was delivered")
+        for started in model.pending[1:]:
+            started.gate.set()
+        ((two,), (three,)) = await done(second, third)
+    finally:
+        for started in model.pending:
+            started.gate.set()
+        await engine.stop()
+    expected = [FakeEmbedder()._run([torch.full((4, 4, 3), v)], [])[0] for v in (1.0, 2.0, 3.0)]
+    np.testing.assert_array_equal(np.stack([one, two, three]), np.stack(expected))
+    assert {p.waited_on for p in model.pending} == {"readback_0"}
+    assert engine.images.stats.batches == 3
+
+
+async def test_engine_stop_delivers_a_batch_already_on_the_device():
+    model = StartingModel()
+    engine = Engine(model, max_batch=8, max_wait_ms=0, overlap=True)
+    engine.start()
+    request = asyncio.create_task(engine.images.submit([IMAGE]))
+    await until(lambda: len(model.pending) == 1, "the batch started")
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # it waits for the batch on the device
+    model.pending[0].gate.set()
+    await done(stopping)
+    ((vector,),) = await done(request)
+    assert vector.shape == (8,)
+
+
+async def test_engine_without_overlap_runs_a_starting_model_batch_by_batch():
+    model = StartingModel()
+    engine = Engine(model, max_batch=8, max_wait_ms=0)
+    engine.start()
+    try:
+        ((vector,),) = await done(asyncio.create_task(engine.images.submit([IMAGE])))
+    finally:
+        await engine.stop()
+    assert model.pending == [] and model.image_batches == [1] and vector.shape == (8,)

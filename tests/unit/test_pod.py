@@ -73,6 +73,12 @@ class _Read(Collector):
         return self._board.metrics()
 
 
+def _lines(board: PodBoard) -> set[str]:
+    registry = CollectorRegistry()
+    registry.register(_Read(board))
+    return set(generate_latest(registry).decode().splitlines())
+
+
 def test_pod_board_metrics_sum_the_workers_gauges(tmp_path):
     board = PodBoard(tmp_path, expected=3)
     one = _notice(11, 0, clip_requests_in_flight=2, clip_admitted_items=5)
@@ -81,9 +87,6 @@ def test_pod_board_metrics_sum_the_workers_gauges(tmp_path):
     two.queue_depth = {"images": 2}
     board.publish(one)
     board.publish(two)
-    registry = CollectorRegistry()
-    registry.register(_Read(board))
-    lines = set(generate_latest(registry).decode().splitlines())
     assert {
         "clip_workers 3.0",
         "clip_workers_ready 2.0",
@@ -93,4 +96,31 @@ def test_pod_board_metrics_sum_the_workers_gauges(tmp_path):
         'clip_queue_depth{queue="images"} 5.0',
         'clip_queue_depth{queue="texts"} 1.0',
         "clip_worker_restarts_total 0.0",
-    } <= lines
+    } <= _lines(board)
+
+
+def test_pod_summary_workers_say_ready_and_phase_never_status(tmp_path):
+    board = PodBoard(tmp_path, expected=2)
+    board.publish(_notice(11, 0))
+    board.publish(_notice(12, 1, status="loading"))
+    assert board.summary().to_json()["workers"] == [
+        {"index": 0, "pid": 11, "ready": True, "phase": "serving", "device": "cpu"},
+        {"index": 1, "pid": 12, "ready": False, "phase": "loading", "device": "cpu"},
+    ]
+
+
+@pytest.mark.parametrize(("up", "ready"), [(1.0, "1.0"), (0.0, "0.0")])
+def test_pod_board_metrics_ready_only_while_the_shared_store_answers(tmp_path, up, ready):
+    board = PodBoard(tmp_path, expected=2)
+    board.publish(_notice(11, 0, clip_shared_state_up=1.0))
+    board.publish(_notice(12, 1, clip_shared_state_up=up))
+    assert {f"clip_ready {ready}", f"clip_shared_state_up {up}"} <= _lines(board)
+
+
+def test_pod_board_stopping_is_said_once_marked_and_keeps_the_restarts(tmp_path):
+    board = PodBoard(tmp_path, expected=2)
+    board.count_restart()
+    before = board.stopping()
+    board.mark_stopping()
+    board.count_restart()
+    assert (before, board.stopping(), board.summary().restarts) == (False, True, 2)

@@ -147,3 +147,23 @@ def test_settings_warn_about_a_short_api_key_never_naming_it():
 def test_settings_api_keys_never_appear_in_the_settings_repr():
     settings = Settings(api_keys=f"{GOOD},another-key-0123456789abcdef0123")
     assert GOOD not in repr(settings) and "another-key" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 128 << 20),
+        ({"MAX_REQUEST_BYTES": str(1 << 20)}, 4 << 20),
+        ({"MAX_BUFFERED_REQUEST_BYTES": str(64 << 20)}, 64 << 20),
+    ],
+    ids=["default", "follows-max-request-bytes", "set"],
+)
+def test_settings_request_body_budget_defaults_to_four_largest_bodies(monkeypatch, env, expected):
+    for name, value in (env | {"EMBEDDING_HMAC_SECRET": GOOD}).items():
+        monkeypatch.setenv(name, value)
+    assert Settings().resolved_buffered_request_bytes() == expected
+
+
+def test_settings_refuse_a_body_budget_below_the_largest_body():
+    with pytest.raises(ValueError, match="MAX_BUFFERED_REQUEST_BYTES=1048576 is below MAX_REQUEST_BYTES=33554432"):
+        Settings(embedding_hmac_secret=GOOD, max_buffered_request_bytes=1 << 20)

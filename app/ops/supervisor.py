@@ -1,0 +1,173 @@
+"""The pod's supervisor (WORKERS > 1): gunicorn's arbiter, its configuration, and the pod's exit code.
+
+gunicorn forks each worker inside the arbiter's main loop, so a worker leaves through this module's
+stack too (its `SystemExit` comes out of `Arbiter.run`): only the supervisor's own process maps exit
+codes and removes the pod's folder.
+
+Signals: SIGTERM, SIGINT and SIGQUIT to the supervisor drain every worker (each gets SIGTERM; gunicorn's
+own SIGINT and SIGQUIT would stop them at once); another one while they drain stops them at once (each
+gets SIGQUIT). A worker ignores SIGINT: a Ctrl+C reaches every process of the terminal's group, and the
+supervisor forwards it. A worker that gets SIGTERM while the pod goes on leaves alone (app.ops.lifecycle).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger as GunicornLogger
+
+from app.ops.exits import ExitCode
+from app.ops.podfolder import METRICS_SUBFOLDER, make_pod_folder, shrink_metric_files
+from app.ops.workers import HEARTBEAT_TIMEOUT_S, STOP_MARGIN_S
+
+if TYPE_CHECKING:
+    from gunicorn.config import Config as GunicornConfig
+
+    from app.main import EmbedderFactory
+    from app.ops.pod import PodBoard
+    from app.ops.workers import ServiceWorker
+    from app.settings import Settings
+
+log = logging.getLogger("app.ops.supervisor")
+
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+# A worker's exit status that stops the pod (gunicorn halts on these two), and the pod's exit code for it.
+_HALTS = {Arbiter.WORKER_BOOT_ERROR: ExitCode.START_FAILED, Arbiter.APP_LOAD_ERROR: ExitCode.BAD_SETUP}
+
+
+class _RootLogs(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no type information
+    """gunicorn's messages through the service's own logging (JSON lines), with no handlers of its own."""
+
+    def setup(self, cfg: GunicornConfig) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            logger.handlers = []
+            logger.propagate = True
+        self.access_log.disabled = True  # ObserveMiddleware logs every request
+
+
+class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type information
+    """gunicorn's arbiter whose every stop signal drains, and whose second one stops at once."""
+
+    def __init__(self, app: PodSupervisor) -> None:
+        super().__init__(app)
+        self._stopping = False
+
+    def signal(self, sig: int, frame: FrameType | None) -> None:
+        # The signal handler: it only queues (no logging), except for the second stop signal, which cannot
+        # wait for the main loop: that loop is inside stop(), waiting for the workers to drain.
+        if sig in STOP_SIGNALS:
+            if self._stopping:
+                self.kill_workers(signal.SIGQUIT)
+                return
+            self._stopping = True
+            sig = signal.SIGTERM  # handle_term: stop() sends SIGTERM, and every worker drains
+        super().signal(sig, frame)
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        # Before stop() signals the workers: each one drains as one process does, its listener open (503s),
+        # rather than as a worker leaving alone, which closes its listener first (app.ops.lifecycle).
+        self.app.board.mark_stopping()
+        super().halt(reason, exit_status)
+
+
+class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
+    """The arbiter's application: configuration, the workers' slots, and the notice board."""
+
+    def __init__(self, settings: Settings, folder: Path, embedder_factory: EmbedderFactory | None) -> None:
+        from app.ops.pod import PodBoard
+
+        self.settings = settings
+        self.embedder_factory = embedder_factory
+        self.board: PodBoard = PodBoard(folder, settings.workers)
+        self._metrics_dir = folder / METRICS_SUBFOLDER
+        self._slots: set[int] = set()
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        host = s.resolved_host
+        options: dict[str, object] = {
+            "bind": f"[{host}]:{s.port}" if ":" in host else f"{host}:{s.port}",
+            "workers": s.workers,
+            "worker_class": "app.ops.workers.ServiceWorker",
+            "graceful_timeout": math.ceil(s.shutdown_grace_s) + STOP_MARGIN_S,
+            "timeout": HEARTBEAT_TIMEOUT_S,
+            "logger_class": f"{__name__}._RootLogs",
+            "loglevel": s.log_level,
+            "proc_name": "clip-pod",
+            "control_socket_disable": True,
+            "pre_fork": self._pre_fork,
+            "child_exit": self._child_exit,
+            "on_exit": self._on_exit,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> None:
+        """Build nothing here: each worker builds its own app after the fork."""
+        return
+
+    def run(self) -> None:
+        """Run the arbiter until the pod stops; it leaves by SystemExit, in every process."""
+        _PodArbiter(self).run()
+
+    def _pre_fork(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
+        worker.index = min(set(range(len(self._slots) + 1)) - self._slots)
+        self._slots.add(worker.index)
+
+    def _child_exit(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
+        from prometheus_client import multiprocess
+
+        self._slots.discard(worker.index)
+        self.board.withdraw(worker.pid)
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+        shrink_metric_files(self._metrics_dir, worker.pid)
+        if arbiter.LISTENERS:  # emptied when the arbiter stops: an exit then is a planned one
+            restarts = self.board.count_restart()
+            log.error(
+                "worker %d (pid %d) died; starting a replacement (%d replaced so far)",
+                worker.index,
+                worker.pid,
+                restarts,
+                extra={"worker": worker.index, "pid": worker.pid, "restarts": restarts},
+            )
+
+    def _on_exit(self, arbiter: Arbiter) -> None:
+        log.info("all workers stopped")
+
+
+def run_pod(settings: Settings, embedder_factory: EmbedderFactory | None = None) -> int:
+    """Run `settings.workers` server processes on one port until a stop signal; return the exit code.
+
+    `embedder_factory` is the model seam (tests, benchmarks); by default each worker loads the configured
+    model. Raise StartupError when the pod's folder cannot hold the workers' metrics.
+    """
+    folder = make_pod_folder(settings.workers)
+    supervisor = os.getpid()
+    # Read by prometheus_client as it is imported: the workers, forked after this, count into files.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder / METRICS_SUBFOLDER)
+    log.info("starting %d workers on %s:%d", settings.workers, settings.resolved_host, settings.port)
+    try:
+        PodSupervisor(settings, folder, embedder_factory).run()
+    except SystemExit as exc:
+        if os.getpid() != supervisor:
+            raise  # a worker leaving: its own exit status, and nothing of the pod's to clean up
+        code = (
+            exc.code if isinstance(exc.code, int) else ExitCode.STOPPED if exc.code is None else ExitCode.START_FAILED
+        )
+        # A worker that could not boot stops the pod, as one process stops: the same would happen on a restart.
+        return _HALTS.get(code, code)
+    finally:
+        if os.getpid() == supervisor:
+            shutil.rmtree(folder, ignore_errors=True)
+    return ExitCode.STOPPED
