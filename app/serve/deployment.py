@@ -46,8 +46,8 @@ AUTOSCALING = AutoscalingConfig(
     upscale_delay_s=30,
     downscale_delay_s=300,
 )
-# Above the target, so that a replica keeps batching across callers while the autoscaler reacts; requests
-# past it wait in Serve's router (counted by the autoscaler) rather than in the replica.
+# Above the target, so that a replica keeps batching across callers while the autoscaler reacts; HAProxy
+# passes every request on at once, so those past it wait inside the replica, where the autoscaler counts them.
 MAX_ONGOING_REQUESTS = 64
 # Serve's wait for a removed replica's requests plus the app's own drain; keep it above SHUTDOWN_GRACE_S.
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 30

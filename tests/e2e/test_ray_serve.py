@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from clip_client.signing import new_nonce, signed_headers, text_payload_id
 
 from tests.support.api import PAYLOAD_ID, SECRET, call
@@ -34,6 +35,11 @@ MAX_REQUEST_BYTES = 4096
 # A connection closed with no answer: a new connection can meet it while Serve reloads HAProxy (on every change
 # of replicas) and the old process lets go of it; nothing was sent to a replica, and clip_client retries it.
 CLOSED = 0
+# In-process engine settings (app/settings.py's Engine section), set in the replicas' environment as
+# deploy/ray/serve.yaml's runtime_env sets them, and given to the plain server too: each replica must build
+# its engine from them (docs/scaling-out.md#the-gpu-engine-in-a-replica). 2 threads: what Ray's own default
+# for a replica of one logical CPU (OMP_NUM_THREADS=1) is not.
+ENGINE_ENV = {"IMAGE_PREPROCESS": "tensor", "TORCH_THREADS": "2"}
 # Bounds on waits for Serve to act; they only keep a broken run from hanging.
 SCALE_WAIT_S = 90.0
 
@@ -60,7 +66,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def cluster(checkpoint: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Ray and Serve on 127.0.0.1, the deployment's two replicas on one Redis (seeded tiny weights)."""
     env = TINY_APP_ENV | {"CLIP_PRETRAINED": checkpoint, "STATE_URL": redis_url}
-    env |= {"MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)}
+    env |= {"MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)} | ENGINE_ENV
     with ray_serve.local_cluster(env, tmp_path_factory.mktemp("ray")) as running:
         ray_serve.deploy(running, num_replicas=2, autoscaling_config=None)
         yield running
@@ -68,9 +74,16 @@ def cluster(checkpoint: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def plain(checkpoint: str) -> Iterator[RunningService]:
-    """The same app under plain uvicorn, with the same weights: what Serve's answers must equal."""
-    with run_service(tiny_settings(clip_pretrained=checkpoint, max_request_bytes=MAX_REQUEST_BYTES)) as running:
-        yield running
+    """The same app under plain uvicorn, with the same weights and settings: what Serve's answers must equal."""
+    threads = torch.get_num_threads()  # TORCH_THREADS sets this process's, which other modules' tests share
+    engine = {name.lower(): value for name, value in ENGINE_ENV.items()}
+    try:
+        with run_service(
+            tiny_settings(clip_pretrained=checkpoint, max_request_bytes=MAX_REQUEST_BYTES, **engine)
+        ) as running:
+            yield running
+    finally:
+        torch.set_num_threads(threads)
 
 
 def answer(base: str, path: str, body: object) -> tuple[int, dict, dict[str, str]]:
@@ -150,6 +163,22 @@ def test_ray_serve_health_reports_the_replica_ready(cluster, plain):
     assert (status, plain_status) == (200, 200)
     assert got.pop("shared_state") == "ok"
     assert {k: v for k, v in got.items() if k != "engine"} == {k: v for k, v in expected.items() if k != "engine"}
+
+
+def test_ray_serve_replicas_build_their_engine_from_the_settings(cluster, plain):
+    """Each replica is one process with its own in-process engine, built from the same Settings as a pod's."""
+    names = ray_serve.replica_names()
+    assert len(names) == 2
+    assert [ray_serve.run_in_replica(name, torch.get_num_threads) for name in names] == [2, 2]
+    _, expected, _ = call(plain.base, "/v1/models", None)
+    assert [model["image"]["path"] for model in expected["data"]] == ["tensor/pool"]  # IMAGE_PREPROCESS=tensor
+    for base in ray_serve.replica_bases():
+        status, got, _ = call(base, "/v1/models", None)
+        assert (status, _without_load_times(got)) == (200, _without_load_times(expected))
+
+
+def _without_load_times(models: dict) -> dict:
+    return models | {"data": [m | {"created": None, "load_seconds": None} for m in models["data"]]}
 
 
 def test_ray_serve_refuses_a_nonce_replayed_to_the_other_replica(cluster):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 import yaml
@@ -31,6 +32,7 @@ from app.serve.node import ROOT, node_env
 from scripts.procs import free_port
 
 APP_NAME = "clip"
+T = TypeVar("T")
 CPU_CONFIG = ROOT / "deploy" / "ray" / "serve-cpu.yaml"
 # Ray's own switches for the processes it starts, besides every node's (app.serve.node): nothing leaves the
 # machine, metrics reach the autoscaler quickly, a removed replica waits 2 s (not 30) for HAProxy to drop it
@@ -181,11 +183,15 @@ def app_log_lines(cluster: Cluster, text: str) -> list[str]:
     return found
 
 
+def run_in_replica(name: str, function: Callable[[], T]) -> T:
+    """Call `function` in the process of the replica whose actor is `name`; return its result."""
+    return ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _: function()))
+
+
 def kill_replica(name: str) -> None:
     """Kill one replica's actor as a crash would (Serve starts another); return once its process is gone."""
-    actor = ray.get_actor(name, namespace="serve")
-    pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
-    ray.kill(actor, no_restart=True)
+    pid = run_in_replica(name, os.getpid)
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     until(lambda: not _alive(pid), f"the end of {name}'s process", WAIT_S)
 
 
