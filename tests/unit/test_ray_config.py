@@ -4,6 +4,7 @@ value), and against each other: the CPU config and the KubeRay manifest are the 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ CONFIG = ROOT / "deploy" / "ray" / "serve.yaml"
 CPU_CONFIG = ROOT / "deploy" / "ray" / "serve-cpu.yaml"
 RAYSERVICE = ROOT / "deploy" / "ray" / "rayservice.yaml"
 NETWORK_POLICY = ROOT / "deploy" / "ray" / "networkpolicy.yaml"
+SCALING_OUT = ROOT / "docs" / "scaling-out.md"
 # Where the laptop's config departs from the GPU cluster's, and nowhere else.
 CPU_DIFFERENCES = {
     ("http_options", "host"): "127.0.0.1",
@@ -92,6 +94,14 @@ def test_ray_kuberay_manifest_sets_every_nodes_environment():
     for container in containers:
         assert {e["name"]: e["value"] for e in container["env"]} == expected
         assert container["envFrom"] == [{"secretRef": {"name": "clip-secrets"}}]
+
+
+def test_ray_docs_list_every_nodes_environment():
+    from app.serve.node import node_env
+
+    section = SCALING_OUT.read_text().split("## Every node's environment", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", section, flags=re.MULTILINE)
+    assert dict(rows) == node_env(Path("<repository>"))
 
 
 def test_ray_network_policy_opens_only_haproxy_to_clients():
