@@ -20,7 +20,9 @@ ServiceError                 base; `code` is the stable machine-readable name in
 ├── RequestTimeout           request_timeout  the HTTP body did not arrive within REQUEST_BODY_TIMEOUT_S
 ├── Overloaded               overloaded       no room in the queue, or out of accelerator memory
 ├── RateLimited              rate_limited     the signing key spent its RATE_LIMIT_ITEMS_PER_S budget
+├── NotFound                 not_found        GET /v1/models/{id} names no served model
 └── Unavailable              unavailable      loading, draining, engine stopped, or the shared store unreachable
+    └── ModelLoading         model_loading    the model asked for is loading (at start, first use, after an idle unload)
 
 The codes are `clip_client.codes.ErrorCode` members, shared with the client that maps them.
 Only `app.api.errors` turns these into HTTP status codes.
@@ -125,3 +127,17 @@ class RateLimited(ServiceError):
 
 class Unavailable(ServiceError):
     code = ErrorCode.UNAVAILABLE
+
+
+class ModelLoading(Unavailable):
+    """The model a request names is loading; `retry_after_s` is how long its last load took (at least 1 s)."""
+
+    code = ErrorCode.MODEL_LOADING
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotFound(ServiceError):
+    code = ErrorCode.NOT_FOUND

@@ -16,6 +16,7 @@ from app.api.body import with_request_schemas
 from app.api.errors import install_error_handlers
 from app.api.index import router as index_router
 from app.api.limits import BodyLimitMiddleware
+from app.api.models import router as models_router
 from app.api.observe import ObserveMiddleware
 from app.api.openai import router as openai_router
 from app.api.ops import router as ops_router
@@ -24,10 +25,12 @@ from app.auth.verify import make_verifier
 from app.fetch.download import make_fetcher
 from app.fetch.urlguard import Lookup, system_lookup
 from app.inference.cache import TieredCache
-from app.inference.engine import Engine, model_executor
+from app.inference.engine import Engine
 from app.inference.loading import load_clip
 from app.inference.model import Embedder, ModelInfo, ModelLoadError
-from app.inference.model_guard import GuardedEmbedder
+from app.inference.registry import EmbedderFactory, ModelRegistry, ModelState
+from app.inference.spec import ModelSpec
+from app.ops.admission import Admission
 from app.ops.lifecycle import Lifecycle
 from app.ops.pod import PodBoard
 from app.pipeline import EmbeddingPipeline
@@ -38,7 +41,7 @@ from app.state.shared import open_shared_state, watch_shared_state
 
 log = logging.getLogger("app")
 
-EmbedderFactory = Callable[[Settings], Embedder]
+__all__ = ["EmbedderFactory", "create_app"]
 # How long shutdown waits for the background tasks to end, so that one that does not can never hang it.
 TASKS_STOP_S = 5.0
 
@@ -64,60 +67,49 @@ def create_app(
         verifier = make_verifier(settings, gate=state.gate if state is not None else None)
         services = Services.create(settings, verifier, pod, state)
         shared_vectors = state.cache if state is not None else None
-        local_vectors = services.cache
-        cache = (
-            TieredCache(local_vectors, shared_vectors)
-            if local_vectors is not None or shared_vectors is not None
-            else None
-        )
         stopping = asyncio.Event()  # background tasks end on it: a cancellation can be swallowed (redis-py, 3.11)
         tasks = [asyncio.create_task(watch_shared_state(services, stopping), name="shared-state")] if state else []
         if lifecycle is not None:
             lifecycle.services = services
         fetcher = make_fetcher(settings, lookup)
         cpu_pool = ThreadPoolExecutor(settings.resolved_cpu_workers(), thread_name_prefix="cpu")
-        model_thread = model_executor()
+        configured = settings.models is not None
 
-        async def load() -> None:
-            started = time.perf_counter()
-            try:
-                loop = asyncio.get_running_loop()
-                embedder = await loop.run_in_executor(model_thread, embedder_factory, settings)
-            except ModelLoadError as exc:
-                _fail(services, str(exc), on_fatal)
-                return
-            except Exception as exc:
-                log.exception("model failed to load")
-                _fail(services, f"model failed to load: {type(exc).__name__}: {exc}", on_fatal)
-                return
-            services.load_seconds = time.perf_counter() - started
-            if shared_vectors is not None:
-                _share_vectors(shared_vectors, embedder.info)
-            max_batch = settings.resolved_engine_max_batch(embedder.info.device)
-            engine = Engine(
-                GuardedEmbedder(embedder, services.metrics),
-                max_batch=max_batch,
-                max_wait_ms=settings.engine_max_wait_ms,
-                observer=services.metrics,
-                model_thread=model_thread,
-                overlap=settings.engine_overlap,
-            )
-            engine.start()
-            services.engine = engine
-            services.info = embedder.info
-            services.pipeline = EmbeddingPipeline(
+        def build_pipeline(
+            spec: ModelSpec, embedder: Embedder, engine: Engine, admission: Admission
+        ) -> EmbeddingPipeline:
+            info = embedder.info
+            return EmbeddingPipeline(
                 fetcher,
                 embedder,
                 engine,
                 cpu_pool,
                 max_pixels=settings.max_image_pixels,
                 fast_decode=settings.fast_decode,
-                jpeg_decode=settings.jpeg_decode,
+                # A model whose preprocessing has no tensor path decodes every JPEG on the decode threads.
+                jpeg_decode=info.image_path.partition("/")[2] or settings.jpeg_decode,
                 request_timeout_s=settings.request_timeout_s,
-                admission=services.admission,
+                admission=admission,
                 metrics=services.metrics,
-                cache=cache,
+                cache=_model_cache(services, shared_vectors, info, scoped=configured),
+                model=spec.served_name,
             )
+
+        registry = ModelRegistry(settings, embedder_factory, services.metrics, services.admission, build_pipeline)
+        services.registry = registry
+
+        async def load() -> None:
+            started = time.perf_counter()
+            try:
+                await registry.load_at_start()
+            except ModelLoadError as exc:
+                _fail(services, _which(registry, str(exc)), on_fatal)
+                return
+            except Exception as exc:
+                log.exception("model failed to load")
+                _fail(services, _which(registry, f"model failed to load: {type(exc).__name__}: {exc}"), on_fatal)
+                return
+            services.load_seconds = time.perf_counter() - started
             if on_ready is not None:
                 try:
                     on_ready()  # before /health says ok: settling collects once, with the loop stopped
@@ -126,16 +118,18 @@ def create_app(
                     _fail(services, f"start-up failed after the model loaded: {type(exc).__name__}: {exc}", on_fatal)
                     return
             services.mark_ready()
-            info = embedder.info
-            log.info(
-                "model %s ready on %s (%s, dim %d, %s kernels, fingerprint %s)",
-                info.model,
-                info.device,
-                info.dtype,
-                info.dim,
-                info.kernels,
-                info.fingerprint[:16] or "unknown",
-            )
+            for model in registry.models:
+                info = model.info
+                if info is not None:
+                    log.info(
+                        "model %s ready on %s (%s, dim %d, %s kernels, fingerprint %s)",
+                        info.served_name,
+                        info.device,
+                        info.dtype,
+                        info.dim,
+                        info.kernels,
+                        info.fingerprint[:16] or "unknown",
+                    )
 
         loader = asyncio.create_task(load(), name="model-loader")
         tasks.append(loader)
@@ -148,14 +142,10 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=TASKS_STOP_S)
-            if services.engine is not None:
-                await services.engine.stop()
+            # Engines stop (a running batch ends first), caches finish their writes, model threads end.
+            await registry.aclose()
             await fetcher.aclose()
             cpu_pool.shutdown(wait=False, cancel_futures=True)
-            # Let a running batch end (as the engine did when it owned the thread); a load in progress is not waited for.
-            model_thread.shutdown(wait=services.engine is not None, cancel_futures=True)
-            if cache is not None:
-                await cache.aclose()
             if state is not None:
                 await state.aclose()
 
@@ -178,6 +168,7 @@ def create_app(
     app.include_router(router)
     app.include_router(batches_router)
     app.include_router(openai_router)
+    app.include_router(models_router)
     app.include_router(ops_router)
     app.include_router(index_router)
     app.add_middleware(ObserveMiddleware)  # added last: outermost, so it sees every answer
@@ -185,12 +176,32 @@ def create_app(
     return app
 
 
-def _share_vectors(shared: RedisEmbeddingCache, info: ModelInfo) -> None:
-    """Tag the shared cache with the model's embedding space; share nothing when it is unknown."""
-    if info.fingerprint:
-        shared.use_model(info.fingerprint)
-    else:
-        log.warning("model %s has no fingerprint: the shared cache (STATE_URL) stays unused", info.model)
+def _model_cache(
+    services: Services, shared: RedisEmbeddingCache | None, info: ModelInfo, *, scoped: bool
+) -> TieredCache | None:
+    """Return a model's cache: the process's LRU (its keys scoped to the model when MODELS lists several) in front
+    of the shared store tagged with the model's embedding space; share nothing when that space is unknown."""
+    model_shared: RedisEmbeddingCache | None = None
+    if shared is not None:
+        if not info.fingerprint:
+            log.warning("model %s has no fingerprint: the shared cache (STATE_URL) stays unused", info.served_name)
+        if scoped:
+            model_shared = shared.for_model(info.fingerprint) if info.fingerprint else None
+        else:
+            # One model (CLIP_MODEL): tag the shared cache itself, untagged it shares nothing.
+            if info.fingerprint:
+                shared.use_model(info.fingerprint)
+            model_shared = shared
+    if services.cache is None and model_shared is None:
+        return None
+    scope = f"{info.fingerprint[:16] or info.served_name}:" if scoped else ""
+    return TieredCache(services.cache, model_shared, scope)
+
+
+def _which(registry: ModelRegistry, reason: str) -> str:
+    """Name the model whose load failed when MODELS lists them (with CLIP_MODEL alone the reason says it all)."""
+    failed = next((m for m in registry.models if m.state is ModelState.FAILED), None)
+    return f"model {failed.name}: {reason}" if registry.configured and failed is not None else reason
 
 
 def _fail(services: Services, reason: str, on_fatal: Callable[[str], None] | None) -> None:

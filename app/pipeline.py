@@ -63,6 +63,7 @@ class EmbeddingPipeline:
         admission: Admission | None = None,
         metrics: Metrics | None = None,
         cache: TieredCache | None = None,
+        model: str | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._embedder = embedder
@@ -75,6 +76,7 @@ class EmbeddingPipeline:
         self._admission = admission or Admission(limit=sys.maxsize)
         self._metrics = metrics or Metrics()
         self._cache = cache
+        self._model = model or embedder.info.served_name  # the `model` label of the per-model series
 
     def pixels_from_bytes(self, data: bytes) -> ImagePayload:
         """Decode and preprocess one image, or check a JPEG for the engine to decode (blocking; runs on the CPU pool)."""
@@ -155,7 +157,7 @@ class EmbeddingPipeline:
             with self._engine.images.expecting(1):
                 prepared = await self._prepare(url)
             vector = await self._compute(prepared, deadline)
-        self._metrics.embeddings.labels("image").inc()
+        self._count("image", 1)
         return vector
 
     async def embed_images(self, urls: Sequence[str | bytes]) -> list[ItemResult]:
@@ -186,7 +188,7 @@ class EmbeddingPipeline:
         """Embed one text; a long one is tokenised off the event loop."""
         with self._admission.admit(1):
             vector = await self._text_vector(text, time.monotonic() + self._timeout_s)
-        self._metrics.embeddings.labels("text").inc()
+        self._count("text", 1)
         return vector
 
     async def embed_texts(self, texts: Sequence[str]) -> list[ItemResult]:
@@ -205,14 +207,18 @@ class EmbeddingPipeline:
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Return how many tokens the model sees of each text: start and end markers in, the context at most."""
         loop = asyncio.get_running_loop()
+        count = getattr(self._embedder, "count_tokens", None) or self._nonzero_tokens
         counts = []
         for text in texts:
             if len(text) <= INLINE_TOKENIZE_CHARS:
-                tokens = self._embedder.tokenize(text)
+                counts.append(count(text))
             else:
-                tokens = await loop.run_in_executor(self._pool, self._embedder.tokenize, text)
-            counts.append(int(torch.count_nonzero(tokens)))
+                counts.append(await loop.run_in_executor(self._pool, count, text))
         return counts
+
+    def _nonzero_tokens(self, text: str) -> int:
+        """Count the ids before the padding of a tokenizer that pads with 0 (open_clip's own)."""
+        return int(torch.count_nonzero(self._embedder.tokenize(text)))
 
     async def _text_vector(self, text: str, deadline: float, caller: object | None = None) -> np.ndarray:
         key = text_key(text) if self._cache is not None else None
@@ -228,7 +234,16 @@ class EmbeddingPipeline:
 
     def _count_vectors(self, kind: str, results: Sequence[ItemResult]) -> None:
         # Failed items are counted by the request that answers them (app.api.observe), once each.
-        self._metrics.embeddings.labels(kind).inc(sum(1 for r in results if not isinstance(r, ServiceError)))
+        self._count(kind, sum(1 for r in results if not isinstance(r, ServiceError)))
+
+    def _count(self, kind: str, vectors: int) -> None:
+        self._metrics.embeddings.labels(kind).inc(vectors)
+        self._metrics.model_embeddings.labels(self._model, kind).inc(vectors)
+
+    async def aclose(self) -> None:
+        """Wait for this pipeline's cache writes still running (app.inference.cache.TieredCache.aclose)."""
+        if self._cache is not None:
+            await self._cache.aclose()
 
     async def _tokenize(self, text: str) -> torch.Tensor:
         if len(text) <= INLINE_TOKENIZE_CHARS:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.fetch.urlchars import url_text_problem
+from app.inference.outputs import EmbeddingType, OutputSpec
 
 # The error type of a refused URL; the 422's code is then `invalid_url` (app.api.errors).
 INVALID_URL_ERROR = "invalid_url"
@@ -28,7 +30,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class EmbedImageRequest(_Strict):
+_TYPES = "`float32` (default), `float16`, `int8`, `uint8`, `binary` or `ubinary`: docs/api.md#output-types"
+
+
+class OutputOptions(_Strict):
+    """Which model embeds, and what comes back: the options every embedding endpoint takes (docs/api.md)."""
+
+    model: str | None = Field(
+        None, description="A served model's name or alias (GET /v1/models); unset: the default model", max_length=200
+    )
+    embedding_type: EmbeddingType | None = Field(None, description=f"The vectors' type: {_TYPES}")
+    dimensions: int | None = Field(
+        None, description="Truncate to this many dimensions and renormalise (matryoshka-trained models only)"
+    )
+
+    def output(self) -> OutputSpec:
+        """Return the type and length asked for."""
+        return OutputSpec(self.embedding_type or "float32", self.dimensions)
+
+    def signed_options(self) -> dict[str, str | int | None]:
+        """Return the options as the signature covers them (clip_client.signing.options_payload_id)."""
+        return {"model": self.model, "embedding_type": self.embedding_type, "dimensions": self.dimensions}
+
+
+class EmbedImageRequest(OutputOptions):
     # No max_length: a data URI carries the image itself; MAX_REQUEST_BYTES bounds it, and an http(s)
     # URL is refused past 2048 characters (app.fetch.download).
     image_url: ImageUrl = Field(
@@ -38,7 +63,7 @@ class EmbedImageRequest(_Strict):
     )
 
 
-class EmbedImageBatchRequest(_Strict):
+class EmbedImageBatchRequest(OutputOptions):
     # The upper bound is MAX_BATCH_SIZE, checked by the route so that every list too long gets one message
     # naming it; MAX_REQUEST_BYTES bounds what is parsed.
     image_urls: list[ImageUrl] = Field(
@@ -47,11 +72,11 @@ class EmbedImageBatchRequest(_Strict):
     )
 
 
-class EmbedTextRequest(_Strict):
+class EmbedTextRequest(OutputOptions):
     text: str = Field(min_length=1, examples=["a photo of a cat"])
 
 
-class EmbedTextBatchRequest(_Strict):
+class EmbedTextBatchRequest(OutputOptions):
     # As image_urls: MAX_BATCH_SIZE is checked by the route, blank and too long texts fail alone.
     texts: list[str] = Field(min_length=1, description="1 to MAX_BATCH_SIZE texts (`max_batch_size` in GET /health)")
 
@@ -59,15 +84,18 @@ class EmbedTextBatchRequest(_Strict):
 class OpenAIEmbeddingsRequest(_Strict):
     """OpenAI's embeddings request, with Infinity's `modality` for images."""
 
-    model: str = Field(description="The served model: its open_clip name (`model` in GET /health) or its alias")
+    model: str = Field(description="A served model: its name or alias (GET /v1/models)")
     # Before `input`, whose check needs it (pydantic validates fields in the order declared).
     modality: Literal["text", "image"] = Field("text", description="What `input` holds (Infinity's name)")
     # A string or a list of strings; OpenAI's token arrays are not accepted (open_clip has its own tokenizer).
     input: str | list[str] = Field(description="1 to MAX_BATCH_SIZE texts, or image URLs / data URIs")
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="`base64`: each vector as base64 of little-endian float32"
+        "float", description="`base64`: each vector as base64 of its bytes (little-endian float32 by default)"
     )
-    dimensions: int | None = Field(None, description="If given, must be the model's dimension (no truncation)")
+    dimensions: int | None = Field(
+        None, description="The model's dimension, or a smaller one it was trained for (matryoshka): truncated"
+    )
+    embedding_type: EmbeddingType = Field("float32", description=f"The vectors' type (an extra field): {_TYPES}")
     user: str | None = Field(None, description="Accepted and ignored, as OpenAI's own end-user id")
 
     @field_validator("input")
@@ -86,7 +114,7 @@ class OpenAIEmbeddingsRequest(_Strict):
 class OpenAIEmbedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class OpenAIUsage(BaseModel):
@@ -102,9 +130,10 @@ class OpenAIEmbeddingsResponse(BaseModel):
 
 
 class EmbeddingResponse(BaseModel):
-    embedding: list[float]
+    embedding: list[float] | list[int]
     dim: int
     model: str
+    embedding_type: EmbeddingType | None = None  # only when the request asked for one
 
 
 class ErrorDetail(BaseModel):
@@ -120,7 +149,7 @@ class ErrorResponse(BaseModel):
 
 class BatchItem(BaseModel):
     index: int
-    embedding: list[float] | None
+    embedding: list[float] | list[int] | None
     error: ErrorDetail | None
 
 
@@ -130,6 +159,7 @@ class BatchResponse(BaseModel):
     failed: int
     dim: int
     model: str
+    embedding_type: EmbeddingType | None = None  # only when the request asked for one
 
 
 class HealthResponse(BaseModel):
@@ -148,3 +178,37 @@ class HealthResponse(BaseModel):
     pod: dict[str, object] | None = None  # WORKERS > 1: expected, ready, restarts, and each worker
     devices: list[str] | None = None  # WORKERS > 1: the devices the workers run on
     shared_state: str | None = None  # STATE_URL: "ok" or "unreachable"
+    models: dict[str, dict[str, object]] | None = None  # MODELS: each model's state, by name
+
+
+class ModelCard(BaseModel):
+    """One served model, as GET /v1/models lists it (OpenAI's fields first; docs/api.md#models)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    aliases: list[str]
+    default: bool
+    open_clip: str
+    pretrained: str | None
+    status: str
+    loaded: bool
+    lazy: bool
+    idle_ttl_s: float | None
+    load_seconds: float | None
+    modalities: list[str]
+    dim: int | None
+    dtype: str | None
+    device: str | None
+    fingerprint: str | None
+    memory_bytes: int
+    image: dict[str, builtins.object] | None  # `object` is a field here
+    text: dict[str, builtins.object] | None
+    matryoshka_dims: list[int]
+    embedding_types: list[str]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

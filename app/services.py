@@ -14,6 +14,7 @@ from app.auth.verify import RequestVerifier
 from app.inference.cache import EmbeddingCache
 from app.inference.engine import Engine
 from app.inference.model import ModelInfo
+from app.inference.registry import ModelRegistry, ServedModel
 from app.ops.admission import Admission, RequestTracker
 from app.ops.metrics import Metrics, gauge, labelled_gauge
 from app.ops.pod import STATE_UP_HELP, PodBoard, WorkerNotice
@@ -50,10 +51,8 @@ class Services:
     cache: EmbeddingCache | None = None
     status: Status = Status.LOADING
     reason: str | None = "model is loading"
-    info: ModelInfo | None = None
     load_seconds: float | None = None
-    engine: Engine | None = None
-    pipeline: EmbeddingPipeline | None = None
+    registry: ModelRegistry | None = None  # the served models, each with its engine (app.inference.registry)
     pod: PodBoard | None = None  # the other workers' notices, when WORKERS > 1
     state: SharedState | None = None  # nonces, cache and rate limits shared through STATE_URL
     state_up: bool = True  # whether the shared store answered the last check
@@ -76,12 +75,35 @@ class Services:
             state.count_failures(metrics.count_state_failures())
         return services
 
+    @property
+    def info(self) -> ModelInfo | None:
+        """Return the default model's info, once it has loaded."""
+        return self.registry.default.info if self.registry is not None else None
+
+    @property
+    def engine(self) -> Engine | None:
+        """Return the default model's engine while it is loaded."""
+        loaded = self.registry.default.loaded if self.registry is not None else None
+        return loaded.engine if loaded is not None else None
+
+    @property
+    def pipeline(self) -> EmbeddingPipeline | None:
+        """Return the default model's pipeline while it is loaded."""
+        loaded = self.registry.default.loaded if self.registry is not None else None
+        return loaded.pipeline if loaded is not None else None
+
     def ready(self) -> tuple[EmbeddingPipeline, ModelInfo] | None:
-        """Return the pipeline and model info when requests can be served."""
-        engine_ok = self.engine is not None and self.engine.alive
-        if self.status is Status.OK and engine_ok and self.pipeline and self.info:
-            return self.pipeline, self.info
-        return None
+        """Return the default model's pipeline and info when requests can be served: every model loaded at
+        start serves (its engine running), and the process is not loading, failed or draining."""
+        registry = self.registry
+        if self.status is not Status.OK or registry is None or not registry.all_ready():
+            return None
+        pipeline, info = self.pipeline, self.info
+        return (pipeline, info) if pipeline is not None and info is not None else None
+
+    def served(self) -> list[ServedModel]:
+        """Return the served models (none before the lifespan built them)."""
+        return self.registry.models if self.registry is not None else []
 
     def mark_ready(self) -> None:
         """Loading is done: serve, unless a drain began meanwhile."""
@@ -114,15 +136,16 @@ class Services:
         if self.cache is not None:
             values["clip_cache_entries"] = float(len(self.cache))
         values |= self._state_gauges()
-        depths = {}
-        if self.engine is not None:
-            depths = {q.name: float(q.depth) for q in (self.engine.images, self.engine.texts)}
+        depths: dict[str, float] = {}
+        for model in self.served():
+            if model.loaded is not None:
+                for queue in (model.loaded.engine.images, model.loaded.engine.texts):
+                    depths[queue.name] = depths.get(queue.name, 0.0) + queue.depth
         return values, depths
 
     def model_gauges(self) -> Iterator[Metric]:
         """Yield this worker's model gauges (with WORKERS > 1 the rest come from the notice board)."""
-        if self.info is not None:
-            yield from _model_gauges(self.info)
+        yield from _model_gauges(self.served())
 
     def _state_gauges(self) -> dict[str, float]:
         if self.state is None:
@@ -142,21 +165,40 @@ class Services:
                 yield gauge(name, documentation, values[name])
         if "clip_shared_state_up" in values:
             yield gauge("clip_shared_state_up", STATE_UP_HELP, values["clip_shared_state_up"])
-        if self.engine is not None:
+        if depths:
             yield labelled_gauge("clip_queue_depth", "Items waiting for a forward pass, by queue", "queue", depths)
         if self.load_seconds is not None:
             yield gauge("clip_model_load_seconds", "Seconds the model took to load and warm up", self.load_seconds)
-        if self.info is not None:
-            yield from _model_gauges(self.info)
+        yield from _model_gauges(self.served())
 
 
-def _model_gauges(info: ModelInfo) -> Iterator[Metric]:
+def _model_gauges(models: list[ServedModel]) -> Iterator[Metric]:
+    """Yield the gauges of the served models: which are loaded, their memory and queues, and the device's memory."""
+    if not models:
+        return
     family = GaugeMetricFamily(
         "clip_model_info", "The loaded model (value is always 1)", labels=["model", "pretrained", "device", "dtype"]
     )
-    family.add_metric([info.model, info.pretrained, info.device, info.dtype], 1.0)
-    yield family
-    if info.device.startswith("cuda") and torch.cuda.is_available():
+    loaded = GaugeMetricFamily(
+        "clip_model_loaded", "1 while the model is loaded and serving, by model", labels=["model"]
+    )
+    memory = GaugeMetricFamily(
+        "clip_model_memory_bytes", "Bytes of the model's loaded weights (0 when unloaded), by model", labels=["model"]
+    )
+    depth = GaugeMetricFamily(
+        "clip_model_queue_depth", "Items waiting for a forward pass, by model and queue", labels=["model", "queue"]
+    )
+    for model in models:
+        info = model.info
+        if info is not None and model.loaded is not None:
+            family.add_metric([model.name, info.pretrained, info.device, info.dtype], 1.0)
+            for queue in (model.loaded.engine.images, model.loaded.engine.texts):
+                depth.add_metric([model.name, queue.name], queue.depth)
+        loaded.add_metric([model.name], 1.0 if model.ready else 0.0)
+        memory.add_metric([model.name], float(info.memory_bytes if info is not None and model.loaded else 0))
+    yield from (family, loaded, memory, depth)
+    info = next((model.info for model in models if model.info is not None), None)
+    if info is not None and info.device.startswith("cuda") and torch.cuda.is_available():
         device = torch.device(info.device)
         yield gauge(
             "clip_gpu_memory_allocated_bytes", "GPU memory held by tensors", torch.cuda.memory_allocated(device)

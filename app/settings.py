@@ -7,6 +7,7 @@ docs/configuration.md, grouped by SECTIONS.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.inference.spec import ModelSpec, check_served
 
 GOOD_SECRET_CHARS = 32
 LOOPBACK_HOST = "127.0.0.1"
@@ -192,7 +195,7 @@ class Settings(BaseSettings):
         description=(
             "Another name `/v1/embeddings` accepts in its `model` field, besides the served open_clip name "
             "(`CLIP_MODEL`), e.g. `clip` so that callers need not change when the model does. Answers name "
-            "the model as the caller did."
+            "the model as the caller did. With `MODELS`, give each entry its `alias` instead."
         ),
     )
 
@@ -211,6 +214,19 @@ class Settings(BaseSettings):
             '(random weights, development only: start-up warns and `/health` says `"random_weights": true`). '
             "A tag needs network access at start-up, or a warm Hugging Face cache; without either the server "
             "exits naming the alternatives."
+        ),
+    )
+    models: Annotated[tuple[ModelSpec, ...] | None, NoDecode] = Field(
+        None,
+        description=(
+            "Several models in one process, as a JSON list, one object per model: `model` (an open_clip name, or "
+            "`local-dir:/path`, a folder with open_clip_config.json, weights and tokenizer files), `pretrained` "
+            "(with a name: a tag, a checkpoint file, or `none`), and optionally `name` (what requests send as "
+            "`model`; default: the open_clip name or the folder's name), `alias`, `towers` (`image`, `text` or "
+            "`both`, the default), `default` (serves requests that name no model; default: the first entry), "
+            "`lazy` (load on first use), `idle_ttl_s` (unload after that long unused) and `matryoshka_dims` (the "
+            "dimensions `dimensions` may truncate to). Each model has its own engine. Unset: one model, "
+            "`CLIP_MODEL` with `CLIP_PRETRAINED`; set, those two are ignored. Example and memory: README.pod.md."
         ),
     )
     device: str = Field(
@@ -378,8 +394,8 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000_000,
         description=(
-            "Embeddings kept in an LRU cache keyed by the SHA-256 of the image bytes or of the text, one "
-            "vector each; `0` turns it off."
+            "Embeddings kept in an LRU cache keyed by the SHA-256 of the image bytes or of the text (and, with "
+            "`MODELS`, the model's embedding space), one vector each, all models together; `0` turns it off."
         ),
     )
     log_format: Literal["json", "text"] = Field(
@@ -455,6 +471,26 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_alias_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_from_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"MODELS is not JSON ({exc}); write a list of objects, e.g. "
+                '[{"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}]'
+            ) from None
+
+    @field_validator("models")
+    @classmethod
+    def _models_are_served(cls, value: tuple[ModelSpec, ...] | None) -> tuple[ModelSpec, ...] | None:
+        return None if value is None else check_served(value)
 
     @field_validator("host", mode="before")
     @classmethod
@@ -539,6 +575,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> Settings:
+        if self.models is None:
+            return self
+        if self.embeddings_model_alias is not None:
+            raise ValueError(
+                "MODELS and EMBEDDINGS_MODEL_ALIAS are both set: with MODELS, give the model its alias in its "
+                'entry ("alias": "clip") and unset EMBEDDINGS_MODEL_ALIAS'
+            )
+        return self
+
+    @model_validator(mode="after")
     def _jpeg_decode_has_a_tensor_path(self) -> Settings:
         if self.jpeg_decode == "engine" and self.image_preprocess != "tensor":
             raise ValueError(
@@ -593,6 +640,29 @@ class Settings(BaseSettings):
             return self.host
         return LOOPBACK_HOST if self.dev_flags else ALL_INTERFACES
 
+    def served_models(self) -> tuple[ModelSpec, ...]:
+        """Return the models to serve, the default one marked: MODELS, else CLIP_MODEL as the only one."""
+        if self.models is not None:
+            return self.models
+        local = self.clip_model.startswith("local-dir:")
+        # Not validated: these settings meant what they mean before MODELS existed (any alias, any name).
+        spec = ModelSpec.model_construct(
+            model=self.clip_model,
+            pretrained=None if local else self.clip_pretrained,
+            name=None,
+            alias=self.embeddings_model_alias,
+            towers="both",
+            default=True,
+            lazy=False,
+            idle_ttl_s=None,
+            matryoshka_dims=None,
+        )
+        return (spec,)
+
+    def for_model(self, spec: ModelSpec) -> Settings:
+        """Return these settings with `spec` as the only model: what one model's loader reads."""
+        return self.model_copy(update={"models": (spec,)})
+
     @property
     def random_weights(self) -> bool:
         """Say whether the model runs with random weights (CLIP_PRETRAINED=none)."""
@@ -614,6 +684,11 @@ class Settings(BaseSettings):
                 f"DEVELOPMENT MODE ON AN OPEN ADDRESS: HOST={self.host} with {settings}: anyone who can reach "
                 f"this address {risk}. Unset HOST to listen on {LOOPBACK_HOST} only, or unset the flags"
             )
+        if self.models is not None:
+            # The pod image sets both from its build arguments: MODELS, when set, is what the pod serves.
+            for name in ("clip_model", "clip_pretrained"):
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
+                    warnings.append(f"{name.upper()}={getattr(self, name)} is ignored: MODELS lists the models served")
         for name, keys, risk in (
             ("EMBEDDING_HMAC_SECRET", self.hmac_keys, "guessed offline from one signed request"),
             ("API_KEYS", self.api_key_list, "guessed"),

@@ -12,6 +12,7 @@ from app.api.errors import error_body
 from app.api.observe import RequestRecord
 from app.errors import InvalidRequest, ServiceError
 from app.inference.model import ModelInfo
+from app.inference.outputs import AS_IS, OutputSpec
 from app.schemas import ErrorResponse
 
 ItemOutcome = np.ndarray | ServiceError
@@ -48,23 +49,32 @@ def note_failed_items(record: RequestRecord, outcomes: Sequence[ItemOutcome]) ->
     record.failed_items.extend(o.code for o in outcomes if isinstance(o, ServiceError))
 
 
-def batch_response(outcomes: Sequence[ItemOutcome], info: ModelInfo, record: RequestRecord) -> Response:
+def vector_response(vector: np.ndarray, info: ModelInfo, output: OutputSpec) -> Response:
+    """Answer one vector, in the type and length the request asked for."""
+    return json_response({"embedding": output.apply(vector), **_about(info, output)})
+
+
+def batch_response(
+    outcomes: Sequence[ItemOutcome], info: ModelInfo, record: RequestRecord, output: OutputSpec = AS_IS
+) -> Response:
     """Answer a batch: one result per item in input order, each a vector or its error (counted once)."""
     note_failed_items(record, outcomes)
-    results = [_batch_item(i, outcome) for i, outcome in enumerate(outcomes)]
+    results = [_batch_item(i, outcome, output) for i, outcome in enumerate(outcomes)]
     succeeded = sum(1 for r in results if r["error"] is None)
     return json_response(
-        {
-            "results": results,
-            "succeeded": succeeded,
-            "failed": len(results) - succeeded,
-            "dim": info.dim,
-            "model": info.model,
-        }
+        {"results": results, "succeeded": succeeded, "failed": len(results) - succeeded, **_about(info, output)}
     )
 
 
-def _batch_item(index: int, outcome: ItemOutcome) -> dict[str, object]:
+def _about(info: ModelInfo, output: OutputSpec) -> dict[str, object]:
+    """Return what an answer says of its vectors: their dimension, the model, and their type when not float32."""
+    about: dict[str, object] = {"dim": output.dimensions or info.dim, "model": info.served_name}
+    if output.embedding_type != "float32":
+        about["embedding_type"] = output.embedding_type
+    return about
+
+
+def _batch_item(index: int, outcome: ItemOutcome, output: OutputSpec) -> dict[str, object]:
     if isinstance(outcome, ServiceError):
         return {"index": index, "embedding": None, "error": error_body(outcome.code, outcome.message)["error"]}
-    return {"index": index, "embedding": outcome, "error": None}
+    return {"index": index, "embedding": output.apply(outcome), "error": None}

@@ -17,8 +17,9 @@ from app.auth.apikeys import bearer_token
 from app.auth.verify import AuthHeaders, Verified
 from app.errors import Unavailable
 from app.inference.model import ModelInfo
+from app.inference.outputs import AS_IS, OutputSpec
 from app.pipeline import EmbeddingPipeline
-from app.services import Services
+from app.services import Services, Status
 
 
 async def get_services(request: Request) -> Services:
@@ -30,18 +31,19 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 @dataclass(slots=True)
 class EmbedCall:
-    """What an embedding endpoint works with: services, the model's info, the log record, and the pipeline
-    once the request is verified (`verify`) and admitted (`admit`)."""
+    """What an embedding endpoint works with: services, the log record, the model the request names and what it
+    asks of it (`use`), and that model's pipeline once the request is verified (`verify`) and admitted (`admit`)."""
 
     services: Services
-    info: ModelInfo
     record: RequestRecord
     request: Request
     headers: AuthHeaders
-    _pipeline: EmbeddingPipeline
     _verified: Verified | None = None
     _admitted: bool = False
     _by_api_key: Verified | None = None
+    _pipeline: EmbeddingPipeline | None = None
+    _info: ModelInfo | None = None
+    output: OutputSpec = AS_IS
 
     def verify(self, payload_id: str) -> None:
         """Raise Unauthorized unless the signature covers this payload (no store call yet).
@@ -56,6 +58,26 @@ class EmbedCall:
         path = raw.decode("latin-1") if raw else self.request.url.path
         self._verified = self.services.verifier.check(self.request.method, path, payload_id, self.headers)
 
+    def use(self, model: str | None, modality: str, output: OutputSpec | None = None) -> None:
+        """Take the model the request names (None: the default) to embed `modality`, and check what it asks of it.
+
+        Raise InvalidRequest (unknown model, a tower it lacks, `dimensions` it cannot give), ModelLoading or
+        Unavailable (app.inference.registry.ModelRegistry.use).
+        """
+        if self.services.registry is None:
+            raise Unavailable("service not ready: no model yet")
+        self._pipeline, self._info = self.services.registry.use(model, modality)
+        if output is not None:
+            output.check(self._info.served_name, self._info.dim, self._info.matryoshka_dims)
+            self.output = output
+
+    @property
+    def info(self) -> ModelInfo:
+        """Return the info of the model in use."""
+        if self._info is None:
+            raise RuntimeError("the model was asked for before use()")
+        return self._info
+
     async def admit(self, items: int) -> None:
         """Refuse a replayed nonce (401) and spend `items` of the key's rate limit (429 when spent), in one store call."""
         if self._verified is None:
@@ -66,8 +88,8 @@ class EmbedCall:
     @property
     def pipeline(self) -> EmbeddingPipeline:
         """Return the pipeline; only an admitted request reaches it."""
-        if not self._admitted:
-            raise RuntimeError("the pipeline was reached before verify() and admit()")
+        if not self._admitted or self._pipeline is None:
+            raise RuntimeError("the pipeline was reached before verify(), use() and admit()")
         return self._pipeline
 
     async def body(self, model: type[M]) -> M:
@@ -109,11 +131,13 @@ async def get_openai_call(request: Request) -> EmbedCall:
 def _ready_call(
     services: Services, request: Request, headers: AuthHeaders, by_key: Verified | None = None
 ) -> EmbedCall:
-    ready = services.ready()
-    if ready is None:
+    # With MODELS, a loaded model serves while another still loads: use() answers for the one asked for.
+    configured = services.registry is not None and services.registry.configured
+    refused = services.status in (Status.DRAINING, Status.FAILED) if configured else services.ready() is None
+    if refused:
         raise Unavailable(f"service not ready: {services.reason or services.status.value}")
     record = cast(RequestRecord, request.state.record)
-    return EmbedCall(services, ready[1], record, request, headers, ready[0], _by_api_key=by_key)
+    return EmbedCall(services, record, request, headers, _by_api_key=by_key)
 
 
 EmbedCallDep = Annotated[EmbedCall, Depends(get_embed_call)]

@@ -32,6 +32,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.Overloaded: 503,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
+    errors.NotFound: 404,
 }
 RETRY_AFTER_S = "1"
 _HTTP_CODES = {
@@ -74,8 +75,8 @@ def service_error_response(exc: errors.ServiceError, request_id: str | None = No
     """Return the answer to a domain error; `request_id` goes into the body of an authentication refusal."""
     status = status_for(exc)
     headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
-    if isinstance(exc, errors.RateLimited):
-        # Whole seconds, rounded up, at least one: when enough of the key's budget is back.
+    if isinstance(exc, (errors.RateLimited, errors.ModelLoading)):
+        # Whole seconds, rounded up, at least one: when enough of the key's budget is back, or the model loaded.
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     # The refusal's details are in the log line under this id, which the caller may not see in the headers.
     logged_as = request_id if isinstance(exc, errors.Unauthorized) else None

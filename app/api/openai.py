@@ -1,12 +1,13 @@
 """`POST /v1/embeddings`: OpenAI's embeddings API, so that its SDKs and the tools built on them work unchanged.
 
 Texts by default; images (URLs or data URIs) with `"modality": "image"`, as Infinity names it. Unlike
-the batch endpoints, one failing input fails the request, naming its index, as OpenAI does.
+the batch endpoints, one failing input fails the request, naming its index, as OpenAI does. `model`
+picks the served model; `embedding_type` (an extra field) the vectors' type, sent as JSON numbers
+(`encoding_format: float`) or as base64 of their bytes (docs/api.md#output-types).
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from app.api.body import signed_json_operation, validate_json
 from app.api.deps import OpenAICallDep
 from app.api.observe import RequestRecord
 from app.errors import InvalidRequest, ServiceError
-from app.inference.model import ModelInfo
+from app.inference.outputs import OutputSpec, to_base64
 from app.pipeline import EmbeddingPipeline, ItemResult
 from app.schemas import OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse
 
@@ -41,7 +42,8 @@ async def embeddings(call: OpenAICallDep) -> Response:
     inputs = [body.input] if isinstance(body.input, str) else body.input
     call.record.items = len(inputs)
     settings = call.services.settings
-    _check_model(body, call.info, settings.embeddings_model_alias)
+    output = OutputSpec(body.embedding_type, body.dimensions)
+    call.use(body.model, body.modality, output)
     if not inputs:
         raise InvalidRequest("input is empty: send a string or a list of 1 to MAX_BATCH_SIZE strings")
     check_batch_size("input", "items", len(inputs), settings.max_batch_size)
@@ -51,20 +53,15 @@ async def embeddings(call: OpenAICallDep) -> Response:
         tokens = len(inputs)  # one per image (docs/api.md)
     else:
         vectors, tokens = await _embed_texts(call.pipeline, inputs, settings.max_text_chars, call.record)
-    encode = _base64 if body.encoding_format == "base64" else _floats
-    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
+    shaped = [output.apply(v) for v in vectors]
+    if body.encoding_format == "base64":
+        # As OpenAI does for float32 (little-endian); each other type as its own bytes.
+        encoded: list[object] = [to_base64(v, output.embedding_type) for v in shaped]
+    else:
+        encoded = list(shaped)
+    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return json_response({"object": "list", "data": data, "model": body.model, "usage": usage})
-
-
-def _check_model(body: OpenAIEmbeddingsRequest, info: ModelInfo, alias: str | None) -> None:
-    """Refuse a request for another model than the one served, or for a dimension it does not give."""
-    served = [info.model, alias] if alias else [info.model]
-    if body.model not in served:
-        names = " or ".join(repr(name) for name in served)
-        raise InvalidRequest(f"model {body.model[:100]!r} is not served here: this service serves {names}")
-    if body.dimensions is not None and body.dimensions != info.dim:
-        raise InvalidRequest(f"dimensions={body.dimensions} is not offered: {info.model} gives {info.dim}")
 
 
 async def _embed_texts(
@@ -94,12 +91,3 @@ def _all_or_nothing(outcomes: Sequence[ItemResult], record: RequestRecord) -> li
 def _at(index: int, error: ServiceError) -> ServiceError:
     """Return the same error (code and status), its message naming the input it is about."""
     return type(error)(f"input[{index}]: {error.message}")
-
-
-def _floats(vector: np.ndarray) -> np.ndarray:
-    return vector
-
-
-def _base64(vector: np.ndarray) -> str:
-    """Encode as OpenAI does: base64 of the little-endian float32 values."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")

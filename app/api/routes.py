@@ -4,14 +4,15 @@ then calls the pipeline. The other batches are in app.api.batches, /v1/embedding
 
 from __future__ import annotations
 
-from clip_client.signing import batch_payload_id, image_payload_id, text_payload_id
+from clip_client.signing import batch_payload_id, image_payload_id, options_payload_id, text_payload_id
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.answers import ERRORS, batch_response, check_batch_size, json_response, text_error
+from app.api.answers import ERRORS, batch_response, check_batch_size, json_response, text_error, vector_response
 from app.api.body import signed_json_operation
 from app.api.deps import EmbedCallDep, ServicesDep
 from app.api.errors import RETRY_AFTER_S
+from app.api.models import model_health
 from app.schemas import (
     BatchResponse,
     EmbeddingResponse,
@@ -22,6 +23,7 @@ from app.schemas import (
     HealthResponse,
     OpenAIEmbeddingsRequest,
 )
+from app.services import Status
 
 router = APIRouter()
 STATE_DOWN_REASON = "the shared store (STATE_URL) is unreachable: signed requests with a nonce would get 503"
@@ -56,10 +58,16 @@ async def health(services: ServicesDep) -> Response:
         }
     if services.engine is not None:
         body["engine"] = services.engine.snapshot()
+    registry = services.registry
+    configured = registry is not None and registry.configured
+    if configured:
+        body["models"] = {model.name: model_health(model) for model in services.served()}
     ready = services.ready() is not None
     if not ready:
         body["status"] = services.reported_status()
         body["reason"] = services.reason or "engine stopped"
+        if configured and registry is not None and services.status in (Status.LOADING, Status.OK):
+            body["reason"] = registry.why_not_ready() or body["reason"]
     if services.state is not None:
         services.state_up = await services.state.ping()
         body["shared_state"] = "ok" if services.state_up else "unreachable"
@@ -92,10 +100,11 @@ async def health(services: ServicesDep) -> Response:
 async def embed_image(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageRequest)
     call.record.items = 1
-    call.verify(image_payload_id(body.image_url))
+    call.verify(options_payload_id(image_payload_id(body.image_url), body.signed_options()))
+    call.use(body.model, "image", body.output())
     await call.admit(1)
     vector = await call.pipeline.embed_image(body.image_url)
-    return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
+    return vector_response(vector, call.info, call.output)
 
 
 @router.post(
@@ -107,10 +116,12 @@ async def embed_image(call: EmbedCallDep) -> Response:
 async def embed_image_batch(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedImageBatchRequest)
     call.record.items = len(body.image_urls)
-    call.verify(batch_payload_id(body.image_urls))
+    call.verify(options_payload_id(batch_payload_id(body.image_urls), body.signed_options()))
+    call.use(body.model, "image", body.output())
     check_batch_size("image_urls", "URLs", len(body.image_urls), call.services.settings.max_batch_size)
     await call.admit(len(body.image_urls))
-    return batch_response(await call.pipeline.embed_images(body.image_urls), call.info, call.record)
+    outcomes = await call.pipeline.embed_images(body.image_urls)
+    return batch_response(outcomes, call.info, call.record, call.output)
 
 
 @router.post(
@@ -122,10 +133,11 @@ async def embed_image_batch(call: EmbedCallDep) -> Response:
 async def embed_text(call: EmbedCallDep) -> Response:
     body = await call.body(EmbedTextRequest)
     call.record.items = 1
-    call.verify(text_payload_id(body.text))
+    call.verify(options_payload_id(text_payload_id(body.text), body.signed_options()))
+    call.use(body.model, "text", body.output())
     await call.admit(1)
     error = text_error(body.text, call.services.settings.max_text_chars)
     if error is not None:
         raise error
     vector = await call.pipeline.embed_text(body.text)
-    return json_response({"embedding": vector, "dim": call.info.dim, "model": call.info.model})
+    return vector_response(vector, call.info, call.output)

@@ -3,7 +3,8 @@
 The secret comes from EMBEDDING_HMAC_SECRET (the first one when several are listed). Output is one
 `-H Name:value` pair per header (values hold no spaces), ready for `curl $(python -m app.auth.sign ...)`;
 `--json` prints a dict instead. An upload is signed over its files' bytes: `--files cat.jpg dog.jpg`
-for `curl -F image=@cat.jpg -F image=@dog.jpg`, in the same order.
+for `curl -F image=@cat.jpg -F image=@dog.jpg`, in the same order. `--model`, `--embedding-type` and
+`--dimensions` sign the options the request sends (in its JSON body, or the upload's query string).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from clip_client.signing import (
     body_payload_id,
     image_payload_id,
     new_nonce,
+    options_payload_id,
     signed_headers,
     text_batch_payload_id,
     text_payload_id,
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--texts", nargs="+", help="texts of /v1/embed/text-batch")
     group.add_argument("--files", nargs="+", type=Path, help="image files of /v1/embed/image-upload, in order")
     group.add_argument("--body", help="the raw JSON body of /v1/embeddings, exactly as sent")
+    parser.add_argument("--model", help="the body's (or the upload's query) model")
+    parser.add_argument("--embedding-type", help="the body's (or the upload's query) embedding_type")
+    parser.add_argument("--dimensions", type=int, help="the body's (or the upload's query) dimensions")
     parser.add_argument("--nonce", action="store_true", help="add a fresh X-Nonce")
     parser.add_argument("--json", action="store_true", help="print the headers as JSON")
     args = parser.parse_args(argv)
@@ -45,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("EMBEDDING_HMAC_SECRET is not set", file=sys.stderr)
         return 2
+    options = {"model": args.model, "embedding_type": args.embedding_type, "dimensions": args.dimensions}
+    if args.body is not None and any(value is not None for value in options.values()):
+        print("/v1/embeddings signs its whole body: put the options in --body", file=sys.stderr)
+        return 2
     try:
-        payload = _payload_id(args)
+        payload = options_payload_id(_payload_id(args), options)
     except OSError as exc:
         print(f"cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2

@@ -62,21 +62,25 @@ class SharedVectors(Protocol):
 class TieredCache:
     """The in-process LRU in front of a shared store; either level may be absent.
 
+    With several models, each has its own TieredCache on the one LRU: `scope` (the model's) prefixes its
+    keys there, and its shared store is the model's own (RedisEmbeddingCache.for_model).
+
     A hit in the shared store fills the local level. Reads of the shared store asked for in one turn of
     the event loop go out together, as one call; so do writes, which run in the background so that an
     answer never waits for them. `aclose` waits for the writes still running.
     """
 
-    def __init__(self, local: EmbeddingCache | None, shared: SharedVectors | None) -> None:
+    def __init__(self, local: EmbeddingCache | None, shared: SharedVectors | None, scope: str = "") -> None:
         self.local = local
         self.shared = shared
+        self._scope = scope
         self._reads: list[tuple[str, asyncio.Future[np.ndarray | None]]] = []
         self._writes: list[tuple[str, np.ndarray]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get_local(self, key: str) -> np.ndarray | None:
         """Return the vector held in this process (safe from any thread)."""
-        return self.local.get(key) if self.local is not None else None
+        return self.local.get(self._scope + key) if self.local is not None else None
 
     async def get_shared(self, key: str) -> np.ndarray | None:
         """Return the shared store's vector for `key`, keeping a copy in this process."""
@@ -89,7 +93,7 @@ class TieredCache:
             loop.call_soon(self._start, self._read_batch)
         vector = await future
         if vector is not None and self.local is not None:
-            self.local.put(key, vector)
+            self.local.put(self._scope + key, vector)
         return vector
 
     async def get(self, key: str) -> np.ndarray | None:
@@ -100,7 +104,7 @@ class TieredCache:
     def put(self, key: str, vector: np.ndarray) -> None:
         """Keep `vector` here at once and in the shared store soon (call on the event loop)."""
         if self.local is not None:
-            self.local.put(key, vector)
+            self.local.put(self._scope + key, vector)
         if self.shared is not None:
             self._writes.append((key, vector))
             if len(self._writes) == 1:

@@ -129,3 +129,8 @@ def _return_freed_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to hand back this way
         pass
+
+
+def return_freed_memory() -> None:
+    """Hand the heap pages freed since the last call back to the OS (an unloaded model's weights, say)."""
+    _return_freed_memory()

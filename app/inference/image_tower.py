@@ -33,6 +33,10 @@ class ImagePathError(Exception):
     """The image settings cannot work with this model or this install; the message says what to change."""
 
 
+class NoTensorPath(ImagePathError):
+    """The model's preprocess config has a step the tensor path cannot do (e.g. resize_mode=longest, which pads)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImageOptions:
     """The Engine section's settings about images (app.settings)."""
@@ -42,6 +46,12 @@ class ImageOptions:
     blocking_wait: bool = False
     max_pixels: int = 40_000_000  # for a JPEG the batched decoder refused, decoded alone...
     fast_decode: bool = True  # ...at a reduced size, as the decode threads would
+
+    @property
+    def kind(self) -> str:
+        """Name how images become model inputs, as far as it moves vectors (`pil-uint8` gives `pil`'s very pixels)."""
+        preprocess = "pil" if self.preprocess == "pil-uint8" else self.preprocess
+        return f"{preprocess}/{self.jpeg_decode}"
 
     @property
     def plain(self) -> bool:
@@ -73,7 +83,7 @@ class ImageTower:
         if options.preprocess != "pil" or options.jpeg_decode == "engine":
             tensor_path = preprocess.tensor_path(device)
             if tensor_path is None:
-                raise ImagePathError(
+                raise NoTensorPath(
                     "this model's preprocess config has no tensor path (only a resize and a centre crop, or a "
                     "square resize, have one): set IMAGE_PREPROCESS=pil and JPEG_DECODE=pool"
                 )

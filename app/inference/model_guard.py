@@ -78,10 +78,11 @@ class _TimedPending:
 class GuardedEmbedder:
     """Wrap an Embedder for the engine: OOM splitting, forward time and batch size metrics."""
 
-    def __init__(self, embedder: Embedder, metrics: Metrics) -> None:
+    def __init__(self, embedder: Embedder, metrics: Metrics, model: str | None = None) -> None:
         self.inner = embedder
         self.info: ModelInfo = embedder.info
         self._metrics = metrics
+        self._model = model or embedder.info.served_name  # the `model` label of the per-model series
 
     def preprocess(self, image: Image.Image) -> ImagePayload:
         return self.inner.preprocess(image)
@@ -118,8 +119,12 @@ class GuardedEmbedder:
         return outcomes
 
     def _observe(self, queue: str, started: float, size: int) -> None:
-        self._metrics.stage_seconds.labels("forward").observe(time.perf_counter() - started)
-        self._metrics.batch_size.labels(queue).observe(size)
+        seconds = time.perf_counter() - started
+        m = self._metrics
+        m.stage_seconds.labels("forward").observe(seconds)
+        m.batch_size.labels(queue).observe(size)
+        m.model_forward_seconds.labels(self._model, queue).observe(seconds)
+        m.model_batch_size.labels(self._model, queue).observe(size)
 
     def _oom(self, queue: str, size: int) -> None:
         self._metrics.oom.inc()

@@ -26,6 +26,7 @@ ENDPOINTS = frozenset(
         "/v1/embed/text",
         "/v1/embed/text-batch",
         "/v1/embeddings",
+        "/v1/models",
     }
 )
 STATE_FAILURES_HELP = "Calls to the shared store that failed (timeouts, connection errors), all pieces"
@@ -88,6 +89,33 @@ class Metrics:
         self.oom = Counter(
             "clip_oom_events", "Out-of-accelerator-memory errors caught (each one splits or fails a batch)", registry=r
         )
+        # The same work again by model (MODELS): the families above stay as they were, the pod's totals.
+        self.model_embeddings = Counter(
+            "clip_model_embeddings",
+            "Vectors answered (computed or cached), by model and kind",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.model_batch_size = Histogram(
+            "clip_model_batch_size",
+            "Items per forward pass, by model and queue",
+            ["model", "queue"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_forward_seconds = Histogram(
+            "clip_model_forward_seconds",
+            "Time of one forward pass (a batch), by model and queue",
+            ["model", "queue"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "clip_model_loads",
+            "Model loads (at start, on first use, after an idle unload), by model and outcome (loaded, failed)",
+            ["model", "outcome"],
+            registry=r,
+        )
         # Every series of a known label exists from the start at 0, so that rates and alerts see it before
         # its first event (Prometheus' advice: a series that appears later hides its first increase).
         for kind in ("image", "text"):
@@ -95,6 +123,13 @@ class Metrics:
                 counter.labels(kind)
         for reason in ("cancelled", "deadline"):
             self.dropped_items.labels(reason)
+
+    def add_model(self, name: str) -> None:
+        """Start the series of a served model at 0 (see above)."""
+        for kind in ("image", "text"):
+            self.model_embeddings.labels(name, kind)
+        for outcome in ("loaded", "failed"):
+            self.model_loads.labels(name, outcome)
 
     # The engine's QueueObserver.
     def dispatched(self, queue: str, waits_s: list[float]) -> None:

@@ -48,6 +48,14 @@ class RedisEmbeddingCache:
         self._prefix = prefix
         self.failures = FailureLog(log, "embedding cache")
 
+    def for_model(self, model_id: str) -> RedisEmbeddingCache:
+        """Return this cache on the same connection, tagged with `model_id`: one model's vectors of several served."""
+        view = RedisEmbeddingCache(
+            self._client, model_id=model_id, ttl_s=self._ttl_s, timeout_s=self._timeout_s, prefix=self._prefix
+        )
+        view.failures = self.failures  # one count of the store's failures, whichever model met them
+        return view
+
     def use_model(self, model_id: str) -> None:
         """Share vectors with every process whose `model_id` (the embedding space's fingerprint) is this one."""
         if not model_id:

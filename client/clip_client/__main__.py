@@ -1,10 +1,11 @@
-"""Operator's command line: `python -m clip_client health|image URL|images URL...|text "..."|embed-list LIST --out DIR`.
+"""Operator's command line: `python -m clip_client health|models|image URL|images URL...|text "..."|embed-list LIST --out DIR`.
 
 Prints one JSON document on stdout. Exit status: 0 success; 1 the request (or any image of
 `images` or `embed-list`) failed, with `{"error": {"code", "message"}}` printed (plus the server's
 `request_id` when known, and a `hint` for an unauthorized request); 2 bad usage or configuration;
 130 `embed-list` interrupted (its output saved: run it again to continue). Backend and credentials
-come from the environment (see `clip_client.config`).
+come from the environment (see `clip_client.config`). `--model NAME` asks a served model other than the
+default (`models` lists them), `--embedding-type` another type than float32 (docs/api.md#output-types).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from clip_client.codes import ErrorCode
 from clip_client.errors import ClipAuthError, ClipClientError, ClipConfigError
 from clip_client.factory import ClipClient, make_clip_client
+from clip_client.signing import EMBEDDING_TYPES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -26,13 +28,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clip_client", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log retries to stderr")
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--model", metavar="NAME", help="the served model to ask (default: the service's default)")
+    typed = argparse.ArgumentParser(add_help=False, parents=[chosen])
+    typed.add_argument("--embedding-type", choices=EMBEDDING_TYPES, help="the vectors' type (default float32)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("health", help="show the service's /health")
-    commands.add_parser("image", help="embed one image").add_argument("url")
-    commands.add_parser("images", help="embed many images (batched)").add_argument("urls", nargs="+")
-    commands.add_parser("text", help="embed one text").add_argument("text")
+    commands.add_parser("models", help="list the served models (GET /v1/models)")
+    commands.add_parser("image", help="embed one image", parents=[typed]).add_argument("url")
+    commands.add_parser("images", help="embed many images (batched)", parents=[typed]).add_argument("urls", nargs="+")
+    commands.add_parser("text", help="embed one text", parents=[typed]).add_argument("text")
     bulk = commands.add_parser(
         "embed-list",
+        parents=[chosen],
         help="embed a list file (one URL or local path a line) into DIR/embeddings.npy, resumably",
         description="Row i of DIR/embeddings.npy is line i+1 of LIST (zero when it failed or is blank or a "
         "# comment); failures go to DIR/failures.jsonl. Run it again with the same --out to continue.",
@@ -61,16 +69,23 @@ async def _run(client: ClipClient, args: argparse.Namespace) -> tuple[dict[str, 
     async with client:
         if args.command == "health":
             return await client.health(), EXIT_OK
-        if args.command == "image":
-            vector = await client.embed_image(args.url)
-            return {"embedding": vector, "dim": len(vector)}, EXIT_OK
-        if args.command == "text":
-            vector = await client.embed_text(args.text)
-            return {"embedding": vector, "dim": len(vector)}, EXIT_OK
+        if args.command == "models":
+            return {"object": "list", "data": await client.models()}, EXIT_OK
+        if args.command in ("image", "text"):
+            vector = await (client.embed_image(args.url) if args.command == "image" else client.embed_text(args.text))
+            return _single(vector, args.embedding_type), EXIT_OK
         results = await client.embed_images(args.urls)
         failed = sum(1 for r in results if not r.ok)
         document = {"results": [r.to_dict() for r in results], "succeeded": len(results) - failed, "failed": failed}
         return document, EXIT_FAILED if failed else EXIT_OK
+
+
+def _single(vector: list[float], embedding_type: str | None) -> dict[str, object]:
+    """Return what `image` and `text` print: the vector, its dimension, and its type when not float32."""
+    if embedding_type is None or embedding_type == "float32":
+        return {"embedding": vector, "dim": len(vector)}
+    bits = embedding_type in ("binary", "ubinary")
+    return {"embedding": vector, "dim": len(vector) * 8 if bits else len(vector), "embedding_type": embedding_type}
 
 
 _SECRET_CHECK = "check that EMBEDDING_HMAC_SECRET here is one of the server's EMBEDDING_HMAC_SECRET keys"
@@ -124,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     backend: str | None = None
     try:
-        client = make_clip_client()
+        client = make_clip_client(
+            model=getattr(args, "model", None), embedding_type=getattr(args, "embedding_type", None)
+        )
         backend = client.backend
         if args.command == "embed-list":
             from clip_client.bulk import embed_list  # numpy and tqdm: loaded for this command only
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 limit=args.limit,
                 retry_failed=args.retry_failed,
+                model=args.model,
             )
         else:
             document, status = asyncio.run(_run(client, args))

@@ -136,8 +136,13 @@ def embed_list(
     concurrency: int = 4,
     limit: int | None = None,
     retry_failed: bool = False,
+    model: str | None = None,
 ) -> tuple[dict[str, object], int]:
-    """Run `embed-list`; return the summary document and the exit status."""
+    """Run `embed-list`; return the summary document and the exit status.
+
+    `model` is the served model the client asks (None: the default); the output folder remembers it and
+    refuses to go on with another, as rows of two models cannot be compared.
+    """
     try:
         content = Path(list_path).read_bytes()
         entries = read_entries(content)
@@ -146,7 +151,7 @@ def embed_list(
     except UnicodeDecodeError as exc:
         raise ClipConfigError(f"the list {list_path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        output = BulkOutput(Path(out_dir), content, entries, retry_failed=retry_failed)
+        output = BulkOutput(Path(out_dir), content, entries, retry_failed=retry_failed, model=model)
     except OSError as exc:
         raise ClipConfigError(f"cannot write the output folder {out_dir}: {exc.strerror or exc}") from None
     interrupted = False
@@ -163,6 +168,8 @@ def embed_list(
         "failures": str(output.failures_path),
         "interrupted": interrupted,
     }
+    if model is not None:
+        document["model"] = model
     if interrupted:
         return document, EXIT_INTERRUPTED
     return document, EXIT_FAILED if counts["failed"] else EXIT_OK

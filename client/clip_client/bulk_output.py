@@ -6,7 +6,8 @@ DIR/progress.npy    uint8 per line: 0 pending, 1 done, 2 failed, 3 skipped; repl
                     os.replace) only after the rows it calls done are flushed, so it never claims a row
                     that is not on disk. A re-run embeds the pending lines (and the failed ones with
                     --retry-failed).
-DIR/state.json      what the folder belongs to: the list's SHA-256 and line count, the vectors' dim.
+DIR/state.json      what the folder belongs to: the list's SHA-256 and line count, the model asked (`--model`;
+                    null: the service's default), the vectors' dim.
 DIR/failures.jsonl  one `{"line", "input", "code", "message"}` per failed line, by line number.
 """
 
@@ -41,7 +42,15 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None
 class BulkOutput:
     """The files of one list's run; `open()` makes or resumes them, `close()` leaves them final."""
 
-    def __init__(self, folder: Path, list_bytes: bytes, entries: list[Entry], *, retry_failed: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        list_bytes: bytes,
+        entries: list[Entry],
+        *,
+        retry_failed: bool = False,
+        model: str | None = None,
+    ) -> None:
         self.folder = folder
         self.embeddings_path = folder / "embeddings.npy"
         self.failures_path = folder / "failures.jsonl"
@@ -51,6 +60,7 @@ class BulkOutput:
             "format": FORMAT,
             "list_sha256": hashlib.sha256(list_bytes).hexdigest(),
             "lines": len(entries),
+            "model": model,
             "dim": None,
         }
         self.progress = np.zeros(len(entries), dtype=np.uint8)
@@ -80,6 +90,12 @@ class BulkOutput:
             raise ClipConfigError(
                 f"{self.folder} holds the output of another list (or of this one before it was edited); "
                 "pass another --out, or delete the folder to start again"
+            )
+        if saved.get("model") != self._state["model"]:
+            raise ClipConfigError(
+                f"{self.folder} holds vectors of model {saved.get('model') or 'the default'}, not "
+                f"{self._state['model'] or 'the default'}: vectors of two models cannot share a file; pass "
+                "another --out, or the same --model"
             )
         self._state["dim"] = saved.get("dim")
         if self._progress_path.exists():

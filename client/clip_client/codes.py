@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
+    MODEL_LOADING = "model_loading"  # the model asked for is loading (at start, on first use, after an idle unload)
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"

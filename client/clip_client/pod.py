@@ -1,4 +1,10 @@
-"""The pod backend: the always-on HTTP service (`/health`, `/v1/embed/*`), HMAC-signed requests."""
+"""The pod backend: the always-on HTTP service (`/health`, `/v1/models`, `/v1/embed/*`), HMAC-signed requests.
+
+`model`, `embedding_type` and `dimensions` given to the constructor go with every request; given to a
+method, they override it for that call. None sends nothing, and the service uses its default model and
+float32 vectors, whole. An integer type's vectors come back as lists of ints: `clip_client.vectors.unpack`
+turns any of them back into float32.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+from urllib.parse import quote
 
 import aiohttp
 
@@ -19,6 +26,7 @@ from clip_client.retry import RetryPolicy
 from clip_client.transport import Transport, TransportClient
 
 R = TypeVar("R")
+Options = dict[str, str | int | None]
 
 
 def _vector(body: object, where: str) -> list[float]:
@@ -64,6 +72,9 @@ class ClipPodClient(TransportClient):
         batch_size: int | None = None,
         clock: Callable[[], float] = time.time,
         trace_configs: list[aiohttp.TraceConfig] | None = None,
+        model: str | None = None,
+        embedding_type: str | None = None,
+        dimensions: int | None = None,
     ) -> None:
         key = first_secret(secret)
         if not key:
@@ -78,6 +89,7 @@ class ClipPodClient(TransportClient):
         self._batch_size = batch_size
         self._clock = clock
         self._transport = Transport(timeout_s, retry or RetryPolicy(), trace_configs=trace_configs)
+        self.options: Options = {"model": model, "embedding_type": embedding_type, "dimensions": dimensions}
 
     async def health(self) -> dict[str, object]:
         """Return the service's `/health` body; raise ClipUnavailableError while it is not ready."""
@@ -86,35 +98,92 @@ class ClipPodClient(TransportClient):
             raise ClipServerError("/health: the answer is not a JSON object")
         return body
 
-    async def embed_image(self, url: str) -> list[float]:
+    async def models(self) -> list[dict[str, object]]:
+        """Return `GET /v1/models`'s entries: each served model's name, dimension, preprocessing, fingerprint."""
+        body = (await self._transport.request("GET", f"{self.base_url}/v1/models")).json_or_raise()
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise ClipServerError("/v1/models: the answer has no data list")
+        return [entry for entry in data if isinstance(entry, dict)]
+
+    async def model(self, name: str | None = None) -> dict[str, object]:
+        """Return one served model's entry of `/v1/models` (None: this client's model, else the default one)."""
+        name = name or self._str_option("model")
+        if name is None:
+            found = [entry for entry in await self.models() if entry.get("default")]
+            if not found:
+                raise ClipServerError("/v1/models: no model is marked default")
+            return found[0]
+        answer = await self._transport.request("GET", f"{self.base_url}/v1/models/{quote(name, safe='/')}")
+        body = answer.json_or_raise()
+        if not isinstance(body, dict):
+            raise ClipServerError(f"/v1/models/{name}: the answer is not a JSON object")
+        return body
+
+    async def embed_image(
+        self, url: str, *, model: str | None = None, embedding_type: str | None = None, dimensions: int | None = None
+    ) -> list[float]:
         """Return the embedding of the image at `url`."""
-        body = await self._post(signing.IMAGE_PATH, {"image_url": url}, signing.image_payload_id(url))
+        options = self._options(model, embedding_type, dimensions)
+        body = await self._post(signing.IMAGE_PATH, {"image_url": url}, signing.image_payload_id(url), options)
         return _vector(body, signing.IMAGE_PATH)
 
-    async def embed_text(self, text: str) -> list[float]:
+    async def embed_text(
+        self, text: str, *, model: str | None = None, embedding_type: str | None = None, dimensions: int | None = None
+    ) -> list[float]:
         """Return the embedding of `text`."""
-        body = await self._post(signing.TEXT_PATH, {"text": text}, signing.text_payload_id(text))
+        options = self._options(model, embedding_type, dimensions)
+        body = await self._post(signing.TEXT_PATH, {"text": text}, signing.text_payload_id(text), options)
         return _vector(body, signing.TEXT_PATH)
 
-    async def embed_image_bytes(self, data: bytes, media_type: str | None = None) -> list[float]:
+    async def embed_image_bytes(
+        self, data: bytes, media_type: str | None = None, *, model: str | None = None, embedding_type: str | None = None
+    ) -> list[float]:
         """Return the embedding of an image given as bytes, sent inline (media type sniffed if not given)."""
-        return await self.embed_image(data_uri(data, media_type))
+        return await self.embed_image(data_uri(data, media_type), model=model, embedding_type=embedding_type)
 
-    async def embed_image_file(self, path: str | os.PathLike[str]) -> list[float]:
+    async def embed_image_file(
+        self, path: str | os.PathLike[str], *, model: str | None = None, embedding_type: str | None = None
+    ) -> list[float]:
         """Return the embedding of a local image file, sent inline; OSError when it cannot be read."""
-        return await self.embed_image(await file_data_uri(path))
+        return await self.embed_image(await file_data_uri(path), model=model, embedding_type=embedding_type)
 
-    async def embed_images(self, urls: Sequence[str]) -> list[ImageResult]:
+    async def embed_images(
+        self,
+        urls: Sequence[str],
+        *,
+        model: str | None = None,
+        embedding_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> list[ImageResult]:
         """Embed any number of images (URLs or data URIs): chunks of the server's `max_batch_size`, sent concurrently.
 
         Returns one result per URL in input order; a refused image is a failed result, while a
         chunk that fails as a whole (auth, unavailable after retries...) raises.
         """
-        return await self._batched(list(urls), self._embed_chunk)
+        options = self._options(model, embedding_type, dimensions)
+        return await self._batched(list(urls), lambda chunk: self._embed_chunk(chunk, options))
 
-    async def embed_texts(self, texts: Sequence[str]) -> list[TextResult]:
+    async def embed_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        embedding_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> list[TextResult]:
         """Embed any number of texts, batched like `embed_images`; one result per text in input order."""
-        return await self._batched(list(texts), self._embed_text_chunk)
+        options = self._options(model, embedding_type, dimensions)
+        return await self._batched(list(texts), lambda chunk: self._embed_text_chunk(chunk, options))
+
+    def _options(self, model: str | None, embedding_type: str | None, dimensions: int | None) -> Options:
+        """Return this call's options: the ones given, else the client's."""
+        given: Options = {"model": model, "embedding_type": embedding_type, "dimensions": dimensions}
+        return {name: given[name] if given[name] is not None else value for name, value in self.options.items()}
+
+    def _str_option(self, name: str) -> str | None:
+        value = self.options.get(name)
+        return value if isinstance(value, str) else None
 
     async def max_batch_size(self) -> int:
         """Return the chunk size: given at construction, or asked from `/health` once and kept."""
@@ -133,18 +202,22 @@ class ClipPodClient(TransportClient):
         outcomes = await bounded_map(send, chunks, self._max_concurrency)
         return [result for chunk in outcomes for result in chunk]
 
-    async def _embed_chunk(self, urls: list[str]) -> list[ImageResult]:
-        body = await self._post(signing.BATCH_PATH, {"image_urls": urls}, signing.batch_payload_id(urls))
+    async def _embed_chunk(self, urls: list[str], options: Options) -> list[ImageResult]:
+        body = await self._post(signing.BATCH_PATH, {"image_urls": urls}, signing.batch_payload_id(urls), options)
         items = _batch_items(body, len(urls), signing.BATCH_PATH)
         return [ImageResult(url, embedding=vector, error=error) for url, (vector, error) in zip(urls, items)]
 
-    async def _embed_text_chunk(self, texts: list[str]) -> list[TextResult]:
+    async def _embed_text_chunk(self, texts: list[str], options: Options) -> list[TextResult]:
         path = signing.TEXT_BATCH_PATH
-        body = await self._post(path, {"texts": texts}, signing.text_batch_payload_id(texts))
+        body = await self._post(path, {"texts": texts}, signing.text_batch_payload_id(texts), options)
         items = _batch_items(body, len(texts), path)
         return [TextResult(text, embedding=vector, error=error) for text, (vector, error) in zip(texts, items)]
 
-    async def _post(self, path: str, body: dict[str, object], payload_id: str) -> object:
+    async def _post(self, path: str, body: dict[str, object], payload_id: str, options: Options) -> object:
+        # Only the options set go out, and the signature covers exactly those (clip_client.signing).
+        body = body | {name: value for name, value in options.items() if value is not None}
+        payload_id = signing.options_payload_id(payload_id, options)
+
         def headers() -> dict[str, str]:
             # A fresh timestamp and nonce per attempt: a retry is never a replay.
             return signing.signed_headers(

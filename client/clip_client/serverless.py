@@ -103,6 +103,12 @@ class RunPodServerlessClipClient(TransportClient):
     async def health(self) -> dict[str, object]:
         raise _pod_only("health()")
 
+    async def models(self) -> list[dict[str, object]]:
+        raise _pod_only("models()")
+
+    async def model(self, name: str | None = None) -> dict[str, object]:
+        raise _pod_only("model()")
+
     async def embed_text(self, text: str) -> list[float]:
         raise _pod_only("embed_text()")
 

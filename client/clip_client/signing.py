@@ -13,6 +13,11 @@ signed with HMAC-SHA256 and sent as lowercase hex in ``X-Signature``. PAYLOAD_ID
 The digest list of items is the SHA-256 hex of the items' own SHA-256 hex digests joined with ``\\n``:
 unambiguous whatever the items hold (newlines included), as every digest has the same length.
 
+A request that sends any of the options ``model``, ``embedding_type``, ``dimensions`` (in the JSON body,
+or as query parameters of the upload) signs :func:`options_payload_id` of the endpoint's id instead: the
+digest list of the id and of ``name=value`` for each option sent, in that order. A request that sends
+none signs the endpoint's id as before, so existing clients' signatures stay valid.
+
 The legacy serverless handler signs ``image_url|timestamp`` instead (:func:`legacy_message`).
 """
 
@@ -22,7 +27,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 IMAGE_PATH = "/v1/embed/image"
 BATCH_PATH = "/v1/embed/image-batch"
@@ -80,6 +85,22 @@ def text_batch_payload_id(texts: Sequence[str]) -> str:
 def upload_payload_id(parts: Sequence[bytes]) -> str:
     """Return the payload id of an upload: the digest list of the image parts' bytes, in the order sent."""
     return _digest_list(_sha256_hex(part) for part in parts)
+
+
+OPTION_NAMES = ("model", "embedding_type", "dimensions")
+# The values of `embedding_type` (docs/api.md#output-types; clip_client.vectors reads each).
+EMBEDDING_TYPES = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+
+
+def options_payload_id(payload_id: str, options: Mapping[str, str | int | None]) -> str:
+    """Return the payload id that covers the options sent (None: not sent), or `payload_id` when none is.
+
+    Each option goes in as the digest of ``name=value``, so no value can pass for another option's.
+    """
+    sent = [f"{name}={options[name]}" for name in OPTION_NAMES if options.get(name) is not None]
+    if not sent:
+        return payload_id
+    return _digest_list([_sha256_text(payload_id), *(_sha256_text(item) for item in sent)])
 
 
 def body_payload_id(body: bytes) -> str:

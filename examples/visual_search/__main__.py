@@ -4,6 +4,10 @@
     python -m examples.visual_search index clip.mp4 --index out/clip --every 1
     python -m examples.visual_search search "a red car" --index out/clip -k 8 --html out/red-car.html
 
+`--model NAME` indexes (and searches) with a served model other than the pod's default. The index keeps
+the model's embedding-space fingerprint (GET /v1/models) and refuses vectors of any other: a rerun, or
+a search, against a pod whose model differs (weights, precision, preprocessing) stops with exit 2.
+
 Exit status: 0 done, 1 the service failed a request or some items (rerun `index` to retry them),
 2 bad usage, configuration or index folder.
 """
@@ -56,12 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--serve-bind", default="127.0.0.1", help="address serving local files to the service")
     index.add_argument("--serve-port", type=int, default=0, help="its port (default: any free one)")
     index.add_argument("--public-url", help="the base URL under which the service reaches those files")
+    index.add_argument("--model", help="the served model to embed with (default: the service's default)")
     search = commands.add_parser("search", help="the indexed images or frames closest to a text")
     search.add_argument("text", help='what to look for, e.g. "a red car"')
     search.add_argument("--index", required=True, type=Path, help="the index folder")
     search.add_argument("-k", type=_positive(int), default=8, help="how many results (default 8)")
     search.add_argument("--html", type=Path, help="write the results as a self-contained HTML page here")
     search.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    search.add_argument("--model", help="the served model to embed the text with (default: the index's model)")
     return parser
 
 
@@ -72,14 +78,28 @@ async def _health(clip: ClipClient) -> dict[str, object]:
     return health
 
 
+async def _space(clip: ClipClient, model: str | None) -> dict[str, object]:
+    """Return the served model's name, weights, dimension and embedding-space fingerprint (GET /v1/models);
+    `model` None: the client's model."""
+    card = await clip.model(model)
+    if not card.get("fingerprint"):
+        raise StoreError(
+            f"the service gives no fingerprint for model {card.get('id')!r} (not loaded yet?): retry, and the "
+            "index can check that its vectors all come from one embedding space"
+        )
+    return {key: card.get(source) for key, source in _SPACE.items()}
+
+
+# The manifest's keys about the model, and where GET /v1/models says each.
+_SPACE = {"model": "id", "pretrained": "pretrained", "dim": "dim", "fingerprint": "fingerprint"}
+
+
 async def run_index(args: argparse.Namespace, clip: ClipClient) -> int:
     kind = sources.kind_of(args.source)
     source = Path(args.source).resolve()
-    health = await _health(clip)
+    await _health(clip)
     manifest: dict[str, object] = {
-        "model": health.get("model"),
-        "pretrained": health.get("pretrained"),
-        "dim": health.get("dim"),
+        **await _space(clip, None),
         "source": args.source if kind == "urls" else source.name,
         "kind": kind,
         "every_s": args.every if kind == "video" else None,
@@ -112,12 +132,13 @@ async def run_index(args: argparse.Namespace, clip: ClipClient) -> int:
 async def run_search(args: argparse.Namespace, clip: ClipClient) -> int:
     store = VectorStore.open(args.index)
     health = await _health(clip)
-    for key in ("model", "pretrained"):
-        if health.get(key) != store.manifest.get(key):
-            raise StoreError(
-                f"{args.index} was indexed with {key}={store.manifest.get(key)!r} but the service runs "
-                f"{health.get(key)!r}: vectors of different models cannot be compared"
-            )
+    space = await _space(clip, None)
+    if space["fingerprint"] != store.manifest.get("fingerprint"):
+        raise StoreError(
+            f"{args.index} holds vectors of embedding space {str(store.manifest.get('fingerprint'))[:16]} "
+            f"(model {store.manifest.get('model')!r}), but the service's model {space['model']!r} gives space "
+            f"{str(space['fingerprint'])[:16]}: vectors of different spaces cannot be compared; index again"
+        )
     query = np.array(await clip.embed_text(args.text), dtype=np.float32)
     hits = store.search(query, args.k)
     if args.json:
@@ -131,8 +152,16 @@ async def run_search(args: argparse.Namespace, clip: ClipClient) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> str | None:
+    """Return the model to ask for: --model, else (to search) the one the index was built with."""
+    if args.model is not None or args.command == "index":
+        return args.model
+    model = VectorStore.open(args.index).manifest.get("model")
+    return model if isinstance(model, str) else None
+
+
 async def _main(args: argparse.Namespace) -> int:
-    async with make_clip_client() as clip:
+    async with make_clip_client(model=_model(args)) as clip:
         return await (run_index(args, clip) if args.command == "index" else run_search(args, clip))
 
 

@@ -68,7 +68,7 @@ class VectorStore:
         """Open the index in `directory`, or start one; refuse to mix vectors of another model or source."""
         if (directory / MANIFEST_FILE).exists():
             store = cls.open(directory)
-            for key in ("model", "pretrained", "dim", "source"):
+            for key in ("fingerprint", "model", "pretrained", "dim", "source"):
                 if store.manifest.get(key) != manifest.get(key):
                     raise StoreError(
                         f"{directory} was indexed with {key}={store.manifest.get(key)!r}, now {manifest.get(key)!r}: "
