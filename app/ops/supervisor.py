@@ -1,5 +1,7 @@
 """The pod's supervisor (WORKERS > 1): gunicorn's arbiter, its configuration, and the pod's exit code.
 
+The supervisor accepts every connection and hands it to a worker (app.ops.dealer): no worker listens.
+
 gunicorn forks each worker inside the arbiter's main loop, so a worker leaves through this module's
 stack too (its `SystemExit` comes out of `Arbiter.run`): only the supervisor's own process maps exit
 codes and removes the pod's folder.
@@ -26,6 +28,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger as GunicornLogger
 
+from app.ops.dealer import Dealer
 from app.ops.exits import ExitCode
 from app.ops.podfolder import METRICS_SUBFOLDER, make_pod_folder, shrink_metric_files
 from app.ops.workers import HEARTBEAT_TIMEOUT_S, STOP_MARGIN_S
@@ -93,6 +96,13 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
                 if not self._halting:
                     raise
 
+    def spawn_worker(self) -> int:
+        # In the new worker, super() does not return: the worker leaves by SystemExit.
+        with self.app.dealer.forking():
+            pid: int = super().spawn_worker()
+            self.app.dealer.adopt(pid)
+        return pid
+
 
 class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
     """The arbiter's application: configuration, the workers' slots, and the notice board."""
@@ -105,6 +115,7 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
         self.board: PodBoard = PodBoard(folder, settings.workers)
         self._metrics_dir = folder / METRICS_SUBFOLDER
         self._slots: set[int] = set()
+        self.dealer = Dealer()
         super().__init__()
 
     def load_config(self) -> None:
@@ -120,7 +131,9 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
             "loglevel": s.log_level,
             "proc_name": "clip-pod",
             "control_socket_disable": True,
+            "when_ready": self._when_ready,
             "pre_fork": self._pre_fork,
+            "post_fork": self._post_fork,
             "child_exit": self._child_exit,
             "on_exit": self._on_exit,
         }
@@ -135,14 +148,27 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
         """Run the arbiter until the pod stops; it leaves by SystemExit, in every process."""
         _PodArbiter(self).run()
 
+    def _when_ready(self, arbiter: Arbiter) -> None:
+        self.dealer.start(listener.sock for listener in arbiter.LISTENERS)
+
     def _pre_fork(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
         worker.index = min(set(range(len(self._slots) + 1)) - self._slots)
         self._slots.add(worker.index)
+        worker.channel = self.dealer.channel_for_fork()
+
+    def _post_fork(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
+        # In the new worker: its connections come over its channel; a copy of the listening socket would keep
+        # the port open after the supervisor closed it.
+        self.dealer.close_in_child()
+        for listener in worker.sockets:
+            listener.close()
+        worker.sockets = []
 
     def _child_exit(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
         from prometheus_client import multiprocess
 
         self._slots.discard(worker.index)
+        self.dealer.forget(worker.pid)
         self.board.withdraw(worker.pid)
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
         shrink_metric_files(self._metrics_dir, worker.pid)
@@ -157,6 +183,7 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
             )
 
     def _on_exit(self, arbiter: Arbiter) -> None:
+        self.dealer.close()
         log.info("all workers stopped")
 
 

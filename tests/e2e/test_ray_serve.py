@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from tests.support.data import TINY_APP_ENV, jpeg_bytes, tiny_settings
 from tests.support.imageserver import ImageServer
 from tests.support.redis import RedisServer, find_redis_server
 from tests.support.service import RunningService, run_service
+from tests.support.sockets import held, tcp_nodelay
 
 ray_serve = pytest.importorskip("tests.support.ray_serve", reason="Ray is installed by requirements-ray.txt")
 Cluster = ray_serve.Cluster
@@ -179,6 +181,23 @@ def test_ray_serve_replicas_build_their_engine_from_the_settings(cluster, plain)
 
 def _without_load_times(models: dict) -> dict:
     return models | {"data": [m | {"created": None, "load_seconds": None} for m in models["data"]]}
+
+
+def test_ray_serve_proxy_sets_tcp_nodelay_on_every_connection(cluster):
+    # Serve's proxy accepts the connections (the app listens on none): a keep-alive answer written in pieces
+    # must not wait for the client's delayed ACK.
+    address = urlsplit(cluster.base)
+    conns = [http.client.HTTPConnection(address.hostname, address.port, timeout=30) for _ in range(3)]
+    try:
+        for conn in conns:
+            conn.request("GET", "/live")
+            conn.getresponse().read()
+        holders = held(address.port or 0)
+        flags = [tcp_nodelay(*holders[conn.sock.getsockname()[1]]) for conn in conns]
+    finally:
+        for conn in conns:
+            conn.close()
+    assert flags == [1, 1, 1]
 
 
 def test_ray_serve_refuses_a_nonce_replayed_to_the_other_replica(cluster):
