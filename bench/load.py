@@ -3,7 +3,8 @@
 Each client loops: one request of B image URLs (from a local static server over a photo folder), B
 uploaded photos (`--upload`: multipart, no download in the way) or B texts, waits for the answer,
 repeats until the duration is over. 127.0.0.1 only.
-Prints items/s, p50/p99 request latency and errors; --json prints one JSON object.
+Prints items/s, p50/p99 request latency and errors; --json prints one JSON object. `--server` takes a
+comma-separated list: client i sends to server i mod n (servers behind no balancer, split evenly).
 
 A sweep: `-c` and `-b` take comma-separated values (`-c 1,4,16 -b 1,16`): one load per pair, one after
 the other, a table row each (--json: a list); `--plot PATH` draws items/s and p50 against the clients
@@ -101,8 +102,8 @@ async def run_load(
     secret: str,
     uploads: Uploads | None = None,
 ) -> dict:
-    host = urlsplit(server).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    servers = server.split(",")
+    if any(urlsplit(s).hostname not in ("127.0.0.1", "localhost", "::1") for s in servers):
         raise SystemExit("bench.load only targets servers on this machine (127.0.0.1)")
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -110,7 +111,7 @@ async def run_load(
     counter = 0
     deadline = time.perf_counter() + duration
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client(session: aiohttp.ClientSession, server: str) -> None:
         nonlocal items, counter
         while time.perf_counter() < deadline:
             counter += 1
@@ -147,7 +148,7 @@ async def run_load(
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
+        await asyncio.gather(*(client(session, servers[i % len(servers)]) for i in range(clients)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
@@ -269,7 +270,8 @@ def main() -> None:
             )
     if args.plot:
         xlabel, panels = sweep_panels(results)
-        title = f"bench.load: {'images' if args.kind == 'image' else 'captions'}, {describe_server(args.server)}"
+        described = describe_server(args.server.split(",")[0])
+        title = f"bench.load: {'images' if args.kind == 'image' else 'captions'}, {described}"
         note = f"{args.duration:g} s per point, one after the other; {machine_note()}"
         print(f"plot: {sweep_figure(args.plot, title, xlabel, panels, note, log_x=True)}")
 

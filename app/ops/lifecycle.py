@@ -32,7 +32,7 @@ class Lifecycle:
 
     `hold_while_loading`, asked once as the app starts: when it says yes, the app accepts connections
     only once its model is loaded (or a stop signal came), instead of at once. `leaving_alone`, asked on
-    the first stop signal: when it says yes, the other processes on the listening socket go on serving,
+    the first stop signal: when it says yes, the pod's other processes go on serving,
     so this one stops taking connections at once and finishes its requests instead of draining with its
     listener open (503s). Both come from a pod's worker (app.ops.workers).
     """
@@ -48,7 +48,7 @@ class Lifecycle:
         self._stop = asyncio.Event()
 
     def leaving_alone(self) -> bool:
-        """Say whether this process stops while the others on its listening socket go on serving."""
+        """Say whether this process stops while the pod's others go on serving."""
         return self._leaving_alone is not None and self._leaving_alone()
 
     def request_stop(self) -> None:
@@ -140,6 +140,11 @@ class DrainingServer(uvicorn.Server):
         if self._loop is not None:  # safe from a signal handler: it only wakes the loop
             self._loop.call_soon_threadsafe(self._stopping_now, sig)
 
+    def stop_accepting(self) -> None:
+        """Take no new connection; those open go on."""
+        for server in self.servers:
+            server.close()
+
     def _stopping_now(self, sig: int | None) -> None:
         if sig is not None:
             log.info("signal %d: stopping at once", sig)
@@ -149,8 +154,7 @@ class DrainingServer(uvicorn.Server):
         alone = self._lifecycle.leaving_alone()
         if alone:
             log.info("signal %d: leaving alone; no new connections, the other workers take them", sig)
-            for server in self.servers:
-                server.close()
+            self.stop_accepting()
         else:
             log.info("signal %d: draining before shutdown", sig)
         self._drain = asyncio.create_task(self._drain_then_stop(refuse=not alone), name="drain")

@@ -1,5 +1,7 @@
 """The pod's supervisor (WORKERS > 1): gunicorn's arbiter, its configuration, and the pod's exit code.
 
+The supervisor accepts every connection and hands it to a worker (app.ops.dealer): no worker listens.
+
 gunicorn forks each worker inside the arbiter's main loop, so a worker leaves through this module's
 stack too (its `SystemExit` comes out of `Arbiter.run`): only the supervisor's own process maps exit
 codes and removes the pod's folder.
@@ -23,9 +25,11 @@ from typing import TYPE_CHECKING
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger as GunicornLogger
 
 from app.engine.supervise import engine_devices
+from app.ops.dealer import Dealer
 from app.ops.exits import ExitCode
 from app.ops.podfolder import METRICS_SUBFOLDER, make_pod_folder, shrink_metric_files
 from app.ops.workers import HEARTBEAT_TIMEOUT_S, STOP_MARGIN_S
@@ -63,6 +67,7 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
     def __init__(self, app: PodSupervisor) -> None:
         super().__init__(app)
         self._stopping = False
+        self._halting = False
 
     def signal(self, sig: int, frame: FrameType | None) -> None:
         # The signal handler: it only queues (no logging), except for the second stop signal, which cannot
@@ -75,12 +80,6 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
             sig = signal.SIGTERM  # handle_term: stop() sends SIGTERM, and every worker drains
         super().signal(sig, frame)
 
-    def reap_workers(self) -> None:
-        # The engine processes first: gunicorn's waitpid(-1) would take their exit status and drop it.
-        if self.app.engines is not None:
-            self.app.engines.reap()
-        super().reap_workers()
-
     def manage_workers(self) -> None:
         if self.app.engines is not None:
             self.app.engines.watch()  # replaces the dead; raises HaltServer for one that never started
@@ -90,7 +89,29 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
         # Before stop() signals the workers: each one drains as one process does, its listener open (503s),
         # rather than as a worker leaving alone, which closes its listener first (app.ops.lifecycle).
         self.app.board.mark_stopping()
+        self._halting = True
         super().halt(reason, exit_status)
+
+    def reap_workers(self) -> None:
+        # The engine processes first: gunicorn's waitpid(-1) would take their exit status and drop it.
+        if self.app.engines is not None:
+            self.app.engines.reap()
+        # Every worker that cannot load the model fails to boot at about the same time: the first one halts
+        # the pod, and gunicorn's stop() would raise again, uncaught, as it reaps the next one.
+        while True:
+            try:
+                super().reap_workers()
+                return
+            except HaltServer:
+                if not self._halting:
+                    raise
+
+    def spawn_worker(self) -> int:
+        # In the new worker, super() does not return: the worker leaves by SystemExit.
+        with self.app.dealer.forking():
+            pid: int = super().spawn_worker()
+            self.app.dealer.adopt(pid)
+        return pid
 
 
 class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
@@ -116,6 +137,7 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
             self.engines = EngineSet(settings, folder, self.board, devices, factory_reference(embedder_factory))
         self._metrics_dir = folder / METRICS_SUBFOLDER
         self._slots: set[int] = set()
+        self.dealer = Dealer()
         super().__init__()
 
     def load_config(self) -> None:
@@ -131,9 +153,10 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
             "loglevel": s.log_level,
             "proc_name": "clip-pod",
             "control_socket_disable": True,
-            "pre_fork": self._pre_fork,
-            "child_exit": self._child_exit,
             "when_ready": self._when_ready,
+            "pre_fork": self._pre_fork,
+            "post_fork": self._post_fork,
+            "child_exit": self._child_exit,
             "on_exit": self._on_exit,
         }
         for key, value in options.items():
@@ -147,14 +170,29 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
         """Run the arbiter until the pod stops; it leaves by SystemExit, in every process."""
         _PodArbiter(self).run()
 
+    def _when_ready(self, arbiter: Arbiter) -> None:
+        if self.engines is not None:
+            self.engines.start()  # before the workers, which connect to them
+        self.dealer.start(listener.sock for listener in arbiter.LISTENERS)
+
     def _pre_fork(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
         worker.index = min(set(range(len(self._slots) + 1)) - self._slots)
         self._slots.add(worker.index)
+        worker.channel = self.dealer.channel_for_fork()
+
+    def _post_fork(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
+        # In the new worker: its connections come over its channel; a copy of the listening socket would keep
+        # the port open after the supervisor closed it.
+        self.dealer.close_in_child()
+        for listener in worker.sockets:
+            listener.close()
+        worker.sockets = []
 
     def _child_exit(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
         from prometheus_client import multiprocess
 
         self._slots.discard(worker.index)
+        self.dealer.forget(worker.pid)
         self.board.withdraw(worker.pid)
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
         shrink_metric_files(self._metrics_dir, worker.pid)
@@ -168,11 +206,8 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
                 extra={"worker": worker.index, "pid": worker.pid, "restarts": restarts},
             )
 
-    def _when_ready(self, arbiter: Arbiter) -> None:
-        if self.engines is not None:
-            self.engines.start()  # before the workers, which connect to them
-
     def _on_exit(self, arbiter: Arbiter) -> None:
+        self.dealer.close()
         log.info("all workers stopped")
         if self.engines is not None:
             # After the workers: their drain needed the engines. Theirs is short: no worker is left to feed them.

@@ -3,7 +3,7 @@
 The supervisor never loads torch: each worker builds its own app (event loop, decode pool, engine, model
 replica on GPU `index mod visible GPUs`) and publishes its state on the notice board (app.ops.pod), so
 that /health and /metrics describe the whole pod. A worker that starts while another one is ready (it
-replaces one that died) accepts connections on the shared socket only once its model is loaded, so that
+replaces one that died) is handed connections (app.ops.dealer) only once its model is loaded, so that
 no request meets a worker that would answer 503 while another one could serve it.
 """
 
@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -49,9 +50,10 @@ def device_for_worker(requested: str, index: int, gpu_count: int) -> str:
 
 
 class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no type information
-    """One server process: the service's app and draining server on the arbiter's sockets."""
+    """One server process: the service's app and draining server, on the connections the supervisor hands it."""
 
     index = 0
+    channel: socket.socket | None = None  # this worker's end of the dealer's channel (app.ops.dealer)
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -93,7 +95,8 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
         from app.inference.loading import load_clip
         from app.main import create_app
         from app.ops.heap import settle_heap
-        from app.ops.lifecycle import DrainingServer, Lifecycle
+        from app.ops.intake import HandedServer
+        from app.ops.lifecycle import Lifecycle
 
         supervisor: PodSupervisor = self.app
         board = supervisor.board
@@ -133,10 +136,12 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
         )
         self.config.app = app
         # SIGTERM from the supervisor drains; SIGQUIT is its second stop signal (app.ops.supervisor).
-        server = DrainingServer(
+        assert self.channel is not None  # given before the fork (app.ops.supervisor)
+        server = HandedServer(
             self.config,
             lifecycle,
             grace_s=settings.shutdown_grace_s,
+            channel=self.channel,
             ignored=frozenset({signal.SIGINT}),
             at_once=frozenset({signal.SIGQUIT}),
         )
@@ -145,7 +150,7 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
             asyncio.create_task(self._beat()),
         ]
         try:
-            await server.serve(sockets=self.sockets)
+            await server.serve(sockets=[])
         finally:
             for task in background:
                 task.cancel()

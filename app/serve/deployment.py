@@ -1,4 +1,4 @@
-"""The Ray Serve deployment: `create_app(settings)` behind Serve's HTTP proxy, one model per replica.
+"""The Ray Serve deployment: `create_app(settings)` on each replica's own HTTP port, behind HAProxy, one model each.
 
 `serve run deploy/ray/serve.yaml` (or `serve deploy`) imports `app` from here. Each replica reads its
 settings from its own environment, as `python -m app` does, builds the one app of app/main.py and runs its
@@ -46,12 +46,14 @@ AUTOSCALING = AutoscalingConfig(
     upscale_delay_s=30,
     downscale_delay_s=300,
 )
-# Above the target, so that a replica keeps batching across callers while the autoscaler reacts; requests
-# past it wait in Serve's router (counted by the autoscaler) rather than in the replica.
+# Above the target, so that a replica keeps batching across callers while the autoscaler reacts; HAProxy
+# passes every request on at once, so those past it wait inside the replica, where the autoscaler counts them.
 MAX_ONGOING_REQUESTS = 64
 # Serve's wait for a removed replica's requests plus the app's own drain; keep it above SHUTDOWN_GRACE_S.
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 30
 HEALTH_CHECK_PERIOD_S = 5
+# The app logs every request itself (id, status, duration); Serve's access log line would be a second one.
+LOGGING_CONFIG = {"enable_access_log": False}
 
 
 class Unhealthy(RuntimeError):
@@ -113,5 +115,6 @@ deployment = serve.deployment(
     graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_TIMEOUT_S,
     graceful_shutdown_wait_loop_s=0.5,
     health_check_period_s=HEALTH_CHECK_PERIOD_S,
+    logging_config=LOGGING_CONFIG,
 )(ClipReplica)
 app = deployment.bind()

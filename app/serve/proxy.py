@@ -1,10 +1,13 @@
-"""Ray Serve's HTTP proxy: answer a request whose replica died with 503 `unavailable`, not a bare 500.
+"""Ray Serve's Python proxy: answer a request whose replica died with 503 `unavailable`, not a bare 500.
 
-When a replica dies with requests in flight (a crash, a node lost, `ray.kill`), Serve's proxy finds no
-answer to forward and its server sends `500 Internal Server Error` in plain text, which clients do not
-retry. The work was not done, and another replica can do it: this middleware sends the service's own
-503 body with `Retry-After`, which the client library retries. Serve loads it into every proxy from
-`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=app.serve.proxy:middlewares` (docs/scaling-out.md).
+HAProxy is the ingress (app/serve/node.py), and answers so itself (app/serve/haproxy.py); Serve's Python
+proxy still runs on the head node as HAProxy's fallback while no replica is up, and is the ingress on a
+cluster whose nodes set `RAY_SERVE_ENABLE_HA_PROXY=0`. When a replica dies with requests in flight (a
+crash, a node lost, `ray.kill`), that proxy finds no answer to forward and its server sends `500 Internal
+Server Error` in plain text, which clients do not retry. The work was not done, and another replica can
+do it: this middleware sends the service's own 503 body with `Retry-After`, which the client library
+retries. Serve loads it from `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=app.serve.proxy:middlewares` into
+every proxy, and into each replica's own HTTP server, where it never fires: the app there always answers.
 """
 
 from __future__ import annotations

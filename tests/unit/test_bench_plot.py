@@ -67,9 +67,21 @@ def test_workers_plot_averages_the_repeats_and_leaves_out_the_latency_load():
     assert cpu.series["tiny c16×b16, no STATE_URL"] == [(1, 1000)]
 
 
-def test_ray_overhead_plot_draws_the_caption_sweep_per_arm():
-    figures = {"items_per_s": 100.0, "p50_ms": 2.0, "p99_ms": 3.0, "errors": 0.0}
-    rows = [("plain", "text", 1, figures), ("plain", "image", 1, figures), ("ray, 1 replica(s)", "text", 4, figures)]
+def test_ray_overhead_plot_draws_the_caption_loads_per_arm_and_the_plain_mean():
+    def figures(rate: float, p50: float) -> dict[str, float]:
+        return {"items_per_s": rate, "p50_ms": p50, "p99_ms": 9.0, "errors": 0.0}
+
+    rows = [
+        ("proxy", 1, "text", 1, figures(100, 1), figures(10, 9)),
+        ("proxy", 1, "image", 1, figures(50, 2), figures(5, 9)),
+        ("haproxy", 1, "text", 1, figures(300, 3), figures(90, 4)),
+        ("haproxy", 2, "text", 16, figures(900, 16), figures(700, 20)),
+    ]
     rate, p50 = ray_overhead.sweep_panels(rows)
-    assert rate.series == {"plain": [(1, 100.0)], "ray, 1 replica(s)": [(4, 100.0)]}
-    assert p50.series == {"plain": [(1, 2.0)], "ray, 1 replica(s)": [(4, 2.0)]}
+    assert rate.series == {
+        "proxy, 1 replica(s)": [(1, 10)],
+        "haproxy, 1 replica(s)": [(1, 90)],
+        "haproxy, 2 replica(s)": [(16, 700)],
+        "plain": [(1, 200), (16, 900)],
+    }
+    assert p50.series["plain"] == [(1, 2), (16, 16)]
