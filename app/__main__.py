@@ -1,4 +1,5 @@
-"""Run the service: `python -m app` (settings from the environment); WORKERS > 1 runs that many processes.
+"""Run the service: `python -m app` (settings from the environment); WORKERS > 1 runs that many processes
+(and, with ENGINE_PROCESS, one engine process per GPU that holds the model).
 
 SIGTERM, SIGINT and SIGQUIT drain the service first (see app.ops.lifecycle); the exit codes are
 app.ops.exits.ExitCode: 0 after a drain, 1 when the model could not load, 2 on an invalid setting or no
@@ -54,8 +55,9 @@ def main(embedder_factory: EmbedderFactory | None = None) -> int:
     try:
         # Before any model loads or worker starts: a port in use must not cost a model load, or hang.
         check_port(settings.resolved_host, settings.port)
-        if settings.workers > 1:
-            # The supervisor loads neither torch nor the metrics library: the workers it forks do.
+        if settings.workers > 1 or settings.engine_process_on():
+            # The supervisor loads neither torch nor the metrics library: the workers it forks do, and the
+            # engine processes (ENGINE_PROCESS) it starts.
             from app.ops.supervisor import run_pod
 
             return run_pod(settings, embedder_factory)

@@ -25,10 +25,10 @@ from app.auth.verify import make_verifier
 from app.fetch.download import make_fetcher
 from app.fetch.urlguard import Lookup, system_lookup
 from app.inference.cache import TieredCache
-from app.inference.engine import Engine
+from app.inference.engine import EngineLike
 from app.inference.loading import load_clip
-from app.inference.model import Embedder, ModelInfo, ModelLoadError
-from app.inference.registry import EmbedderFactory, ModelRegistry, ModelState
+from app.inference.model import ItemPreparer, ModelInfo, ModelLoadError
+from app.inference.registry import EmbedderFactory, EngineOpener, ModelRegistry, ModelState
 from app.inference.spec import ModelSpec
 from app.ops.admission import Admission
 from app.ops.lifecycle import Lifecycle
@@ -41,7 +41,7 @@ from app.state.shared import open_shared_state, watch_shared_state
 
 log = logging.getLogger("app")
 
-__all__ = ["EmbedderFactory", "create_app"]
+__all__ = ["EmbedderFactory", "EngineOpener", "create_app"]
 # How long shutdown waits for the background tasks to end, so that one that does not can never hang it.
 TASKS_STOP_S = 5.0
 
@@ -55,11 +55,13 @@ def create_app(
     lifecycle: Lifecycle | None = None,
     lookup: Lookup = system_lookup,
     pod: PodBoard | None = None,
+    engine_opener: EngineOpener | None = None,
 ) -> FastAPI:
     """Return the service app; `embedder_factory` is the model seam for tests and benchmarks,
     `on_ready` runs once the model is loaded, just before the app reports ready (python -m app settles
     the heap there), `lifecycle` the handle a server uses to drain it, `lookup` the DNS seam the URL guard checks,
-    `pod` the notice board of the pod's workers (WORKERS > 1)."""
+    `pod` the notice board of the pod's workers (WORKERS > 1), `engine_opener` the pod's engine processes
+    (ENGINE_PROCESS: the model is not loaded here, `embedder_factory` runs in them)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
@@ -76,7 +78,7 @@ def create_app(
         configured = settings.models is not None
 
         def build_pipeline(
-            spec: ModelSpec, embedder: Embedder, engine: Engine, admission: Admission
+            spec: ModelSpec, embedder: ItemPreparer, engine: EngineLike, admission: Admission
         ) -> EmbeddingPipeline:
             info = embedder.info
             return EmbeddingPipeline(
@@ -95,7 +97,14 @@ def create_app(
                 model=spec.served_name,
             )
 
-        registry = ModelRegistry(settings, embedder_factory, services.metrics, services.admission, build_pipeline)
+        registry = ModelRegistry(
+            settings,
+            embedder_factory,
+            services.metrics,
+            services.admission,
+            build_pipeline,
+            engine_opener=engine_opener,
+        )
         services.registry = registry
 
         async def load() -> None:

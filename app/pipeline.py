@@ -20,9 +20,9 @@ from app.errors import ServiceError
 from app.fetch.download import ImageFetcher
 from app.inference.cache import TieredCache, image_key, text_key
 from app.inference.decode import decode_image
-from app.inference.engine import Engine
+from app.inference.engine import EngineLike
 from app.inference.jpeg_route import engine_jpeg
-from app.inference.model import Embedder
+from app.inference.model import ItemPreparer
 from app.inference.payload import ImagePayload
 from app.ops.admission import Admission
 from app.ops.metrics import Metrics
@@ -47,13 +47,14 @@ class _Prepared:
 
 
 class EmbeddingPipeline:
-    """Download and decode on a thread pool, then hand tensors to the batching engine."""
+    """Download and decode on a thread pool, then hand payloads to the batching engine (in this process, or an
+    engine process's: `engine` is the seam)."""
 
     def __init__(
         self,
         fetcher: ImageFetcher,
-        embedder: Embedder,
-        engine: Engine,
+        embedder: ItemPreparer,
+        engine: EngineLike,
         cpu_pool: ThreadPoolExecutor,
         *,
         max_pixels: int,

@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app.auth.verify import RequestVerifier
 from app.inference.cache import EmbeddingCache
-from app.inference.engine import Engine
+from app.inference.engine import EngineLike
 from app.inference.model import ModelInfo
 from app.inference.registry import ModelRegistry, ServedModel
 from app.ops.admission import Admission, RequestTracker
@@ -81,7 +81,7 @@ class Services:
         return self.registry.default.info if self.registry is not None else None
 
     @property
-    def engine(self) -> Engine | None:
+    def engine(self) -> EngineLike | None:
         """Return the default model's engine while it is loaded."""
         loaded = self.registry.default.loaded if self.registry is not None else None
         return loaded.engine if loaded is not None else None
@@ -138,7 +138,8 @@ class Services:
         values |= self._state_gauges()
         depths: dict[str, float] = {}
         for model in self.served():
-            if model.loaded is not None:
+            # An engine process publishes its own queues (the pod's notice board).
+            if model.loaded is not None and model.loaded.engine.local:
                 for queue in (model.loaded.engine.images, model.loaded.engine.texts):
                     depths[queue.name] = depths.get(queue.name, 0.0) + queue.depth
         return values, depths
@@ -146,6 +147,16 @@ class Services:
     def model_gauges(self) -> Iterator[Metric]:
         """Yield this worker's model gauges (with WORKERS > 1 the rest come from the notice board)."""
         yield from _model_gauges(self.served())
+
+    def unready_reason(self) -> str:
+        """Say why this process cannot serve (for /health and the 503 of a request)."""
+        if self.reason:
+            return self.reason
+        engine = self.engine
+        if engine is not None and not engine.alive:
+            return engine.unavailable_reason()  # "engine stopped", or which engine process the pod waits for
+        registry = self.registry
+        return (registry.why_not_ready() if registry is not None else None) or self.status.value
 
     def _state_gauges(self) -> dict[str, float]:
         if self.state is None:
@@ -198,7 +209,9 @@ def _model_gauges(models: list[ServedModel]) -> Iterator[Metric]:
         memory.add_metric([model.name], float(info.memory_bytes if info is not None and model.loaded else 0))
     yield from (family, loaded, memory, depth)
     info = next((model.info for model in models if model.info is not None), None)
-    if info is not None and info.device.startswith("cuda") and torch.cuda.is_available():
+    # A worker fed by engine processes must not touch CUDA: it would make a CUDA context of its own.
+    local = all(model.loaded.engine.local for model in models if model.loaded is not None)
+    if local and info is not None and info.device.startswith("cuda") and torch.cuda.is_available():
         device = torch.device(info.device)
         yield gauge(
             "clip_gpu_memory_allocated_bytes", "GPU memory held by tensors", torch.cuda.memory_allocated(device)

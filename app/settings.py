@@ -416,6 +416,30 @@ class Settings(BaseSettings):
             "a nonce seen by one worker is refused by all. Sizing: README.pod.md, Scaling a pod."
         ),
     )
+    engine_process: Literal["auto", "on", "off"] = Field(
+        "off",
+        description=(
+            "`on`: the pod (`python -m app`) runs one engine process per visible GPU (one on the CPU) that holds "
+            "the model and batches the items of every HTTP worker, which then only handle the network, "
+            "signatures, downloads, the cache and decoding, and hand the engine payload bytes through shared "
+            "memory. `off`: each worker loads its own model replica and batches alone (worker i on GPU i mod "
+            "the GPUs). `auto`: `on` when `WORKERS` > 1 and one model is served. With `on` and `WORKERS=1` one "
+            "worker feeds one engine. One model only: `on` with several `MODELS` entries is refused. Off by default until a GPU run has measured it (on a CPU the runs disagree). Why and the "
+            "figures: docs/performance.md (one engine per GPU)."
+        ),
+    )
+    engine_arena_mb: int = Field(
+        128,
+        ge=8,
+        le=65_536,
+        description=(
+            "MiB of shared memory each HTTP worker holds for the payloads it hands the engine processes "
+            "(`ENGINE_PROCESS`): JPEG bytes, pixels or token ids, from submission until the engine answers. "
+            "Only the pages used are committed. When it is full an item waits for room within its "
+            "request's deadline, then gets 503 `overloaded`; an image larger than all of it gets 413 "
+            "`image_too_large`. It is a memfd, not a file of /dev/shm: Docker's 64 MB `--shm-size` does not bound it."
+        ),
+    )
     state_url: SecretStr | None = Field(
         None,
         description=(
@@ -586,6 +610,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _engine_process_serves_one_model(self) -> Settings:
+        if self.engine_process == "on" and self.models is not None and len(self.models) > 1:
+            names = ", ".join(spec.served_name for spec in self.models)
+            raise ValueError(
+                f"ENGINE_PROCESS=on runs one model in its engine processes, and MODELS lists {len(self.models)} "
+                f"({names}): set ENGINE_PROCESS=off (each worker loads every model), or run one pod per model"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _jpeg_decode_has_a_tensor_path(self) -> Settings:
         if self.jpeg_decode == "engine" and self.image_preprocess != "tensor":
             raise ValueError(
@@ -722,6 +756,11 @@ class Settings(BaseSettings):
             return ()
         top = self.resolved_engine_max_batch(device)
         return tuple(sorted({b for b in (1, 8, 16, 32, 64, 128, 256, 512) if b < top} | {top}))
+
+    def engine_process_on(self) -> bool:
+        """Say whether the pod runs engine processes (ENGINE_PROCESS; `auto`: when WORKERS > 1 and one model)."""
+        one_model = self.models is None or len(self.models) == 1
+        return self.engine_process == "on" or (self.engine_process == "auto" and self.workers > 1 and one_model)
 
     def resolved_cpu_workers(self) -> int:
         """Threads for download, decode and preprocess: one per core, at least two."""

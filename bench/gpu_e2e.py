@@ -19,21 +19,19 @@ import os
 import re
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Self
 
 import uvloop
 
 from bench import photos as photo_sets
 from bench import static
 from bench.load import Uploads, run_load
-from bench.procs import cpu_seconds
+from bench.procs import GpuBusy, cpu_seconds
 from scripts.procs import free_port, spawn, stop, wait_healthy
 
 # The settings that issue 24's fixes are behind; each group adds to the one before it.
@@ -54,30 +52,6 @@ LOADS = [
     ("tiny URLs", "tiny", False, 32, 32),
     ("idle 1 MP upload", "1mp", True, 1, 1),
 ]
-
-
-class GpuBusy:
-    """Sample the GPU's utilisation with nvidia-smi while a load runs; mean percent, or None without one."""
-
-    def __enter__(self) -> Self:
-        self.percent: float | None = None
-        self._proc: subprocess.Popen[str] | None = None
-        if shutil.which("nvidia-smi"):
-            self._proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        out, _ = self._proc.communicate(timeout=10)
-        values = [float(v) for v in out.split() if v.replace(".", "", 1).isdigit()]
-        self.percent = statistics.fmean(values) if values else None
 
 
 def py_spy() -> str | None:

@@ -49,13 +49,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict, cast
 
 from bench.plot import Panel, machine_note, sweep_figure
-from bench.procs import cpu_seconds
+from bench.procs import GpuBusy, cpu_seconds
 from scripts.procs import ROOT, NotUp, free_port, spawn, stop, wait_healthy, wait_until_up
 from tests.support.redis import RedisServer, find_redis_server
 
 if TYPE_CHECKING:
     from app.inference.model import Embedder
     from app.settings import Settings
+
+    # prometheus_client, which tests.support.metrics imports, reads PROMETHEUS_MULTIPROC_DIR as it is imported:
+    # a pod's supervisor (`--serve` runs one in this module) must not have it before it sets that variable.
+    from tests.support.metrics import Samples
 
 SECRET = "bench-workers-secret-0123456789abcdef"
 STAND_IN = "stand-in"
@@ -228,14 +232,17 @@ def machine_busy_seconds() -> float:
 
 @dataclass(frozen=True, slots=True)
 class Arm:
-    """One server configuration: how many workers, and whether STATE_URL (+ a rate limit) is set."""
+    """One server configuration: how many workers, whether STATE_URL (+ a rate limit) is set, and ENGINE_PROCESS."""
 
     workers: int
     state: bool
+    engine: str = "off"  # ENGINE_PROCESS: off (a model replica per worker, what this bench measured first) or on
 
     @property
     def name(self) -> str:
-        return f"W{self.workers} " + ("Redis" if self.state else "no Redis")
+        return (
+            f"W{self.workers} " + ("Redis" if self.state else "no Redis") + (" engine" if self.engine == "on" else "")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +273,9 @@ class Figures:
     images_per_s: float = 0.0
     server_us: float = 0.0  # every server process, per image
     loops_us: float = 0.0  # their main threads (the event loops; the pod's supervisor too), per image
+    engine_us: float = 0.0  # of server_us, the engine processes' (ENGINE_PROCESS=on), per image
+    stages: dict[str, float] = field(default_factory=dict)  # the server's own stage means (stage_means)
+    gpu_busy: float = -1.0  # mean percent (nvidia-smi); -1 without a GPU
     load_side_us: float = 0.0  # the load generator and the photo server, per image
     redis_us: float = 0.0
     machine_cores: float = 0.0  # cores the whole machine was busy, on average
@@ -328,9 +338,14 @@ def measure(
     cpu0, machine0, mine0 = tree_cpu(server.pid), machine_busy_seconds(), time.process_time()
     photo0 = cpu_seconds(photo_server.pid)
     redis0 = cpu_seconds(redis.process.pid) if redis is not None and redis.process is not None else 0.0
+    from tests.support.metrics import scrape
+
+    metrics0 = scrape(base)
     wall0 = time.monotonic()
-    result = run_load(base, load, duration, listed)
+    with GpuBusy() as gpu:
+        result = run_load(base, load, duration, listed)
     wall = time.monotonic() - wall0
+    metrics1 = scrape(base)
     cpu1, machine1, mine1 = tree_cpu(server.pid), machine_busy_seconds(), time.process_time()
     photo1 = cpu_seconds(photo_server.pid)
     redis1 = cpu_seconds(redis.process.pid) if redis is not None and redis.process is not None else 0.0
@@ -350,6 +365,9 @@ def measure(
         images_per_s=result["items_per_s"],
         server_us=sum(t for t, _ in spent.values()) * per,
         loops_us=sum(m for _, m in spent.values()) * per,
+        engine_us=sum(t for pid, (t, _) in spent.items() if _is_engine(pid)) * per,
+        stages=stage_means(metrics0, metrics1),
+        gpu_busy=gpu.percent if gpu.percent is not None else -1.0,
         load_side_us=(mine1 - mine0 + photo1 - photo0) * per,
         redis_us=(redis1 - redis0) * per,
         machine_cores=(machine1 - machine0) / wall,
@@ -361,6 +379,31 @@ def measure(
         error_codes=dict(result["errors"]),
         repeated_urls=images > len(listed),
     )
+
+
+def stage_means(before: Samples, after: Samples) -> dict[str, float]:
+    """Return the server's own figures between two scrapes of /metrics (pod-wide): ms per image in each stage
+    (download, decode, queue_wait), ms per forward pass, and images per forward pass."""
+    from tests.support.metrics import delta
+
+    means = {}
+    for stage in ("download", "decode", "queue_wait", "forward"):
+        count = delta(before, after, "clip_stage_duration_seconds_count", stage=stage)
+        if count:
+            means[f"{stage}_ms"] = 1000 * delta(before, after, "clip_stage_duration_seconds_sum", stage=stage) / count
+    batches = delta(before, after, "clip_batch_size_count", queue="images")
+    if batches:
+        means["batch"] = delta(before, after, "clip_batch_size_sum", queue="images") / batches
+    return means
+
+
+def _is_engine(pid: int) -> bool:
+    """Say whether process `pid` is an engine process (python -m app.engine)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"app.engine\0" in f.read()
+    except OSError:
+        return False
 
 
 # --- servers ------------------------------------------------------------------------------------------
@@ -381,6 +424,7 @@ def server_env(arm: Arm, port: int, model: str, device: str, load: Load, state_u
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "WORKERS": str(arm.workers),
+        "ENGINE_PROCESS": arm.engine,
         "MAX_BATCH_SIZE": str(max(16, load.batch)),
         # Room for every image of every client in one worker: the closed loop is never refused.
         "MAX_QUEUED_ITEMS": str(max(1024, load.clients * load.batch)),
@@ -389,6 +433,8 @@ def server_env(arm: Arm, port: int, model: str, device: str, load: Load, state_u
     }
     if state_url is not None:
         env |= {"STATE_URL": state_url, "RATE_LIMIT_ITEMS_PER_S": HUGE_RATE}
+    # README.pod.md's sizing: the decode threads of all workers about fill the cores (2 at least, the default here).
+    env.setdefault("CPU_WORKERS", str(max(2, (os.cpu_count() or 2) // arm.workers)))
     return env
 
 
@@ -431,6 +477,44 @@ def running_server(
             for pid, cmdline in tree.items():
                 if pid != server.pid and _alive_with(pid, cmdline):
                     os.kill(pid, signal.SIGKILL)
+
+
+def run_arms(arms: list[Arm], loads: dict[Arm, list[Load]], args: argparse.Namespace, largest: Load) -> list[Figures]:
+    """Run every arm's loads, `args.repeats` times (each repeat in the reverse order of the one before), beside a
+    photo server; print each row; return the figures. `args` holds the photos, the model, the device, the duration."""
+    runs: list[Figures] = []
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        workdir = Path(tmp)
+        photo_dir = workdir / "photos"
+        photo_dir.mkdir()
+        names = write_photos(photo_dir, args.photos, args.glob)
+        source = "generated" if names["1mp"][0].startswith("generated") else str(args.photos / args.glob)
+        print(f"1 MP photos: {len(names['1mp'])} from {source}; tiny: {len(names['tiny'])} 64x48 JPEGs", flush=True)
+        photo_port = free_port()
+        photo_server = spawn(
+            ["-m", "bench.workers", "--serve-photos", str(photo_port), "--folder", str(photo_dir)], os.environ
+        )
+        try:
+            wait_until_up(f"http://127.0.0.1:{photo_port}/0/{names['tiny'][0]}", time.monotonic() + 30, photo_server)
+            urls = UrlSource(f"http://127.0.0.1:{photo_port}", names)
+            print(HEADER, flush=True)
+            for rep in range(1, args.repeats + 1):
+                for arm in arms if rep % 2 else list(reversed(arms)):
+                    try:
+                        with running_server(arm, args.model, args.device, largest, workdir) as (server, base, redis):
+                            # Connections, lazy imports, first collections: not measured.
+                            run_load(base, Load("tiny", 4, 1), 1.0, urls.take("tiny", 40_000))
+                            for load in loads[arm]:
+                                figures = measure(
+                                    rep, arm, load, args.duration, server, base, photo_server, redis, urls
+                                )
+                                runs.append(figures)
+                                print_row(figures)
+                    except NotUp as exc:
+                        print(f"{rep:>3d}  {arm.name}: the server did not start: {exc}", flush=True)
+        finally:
+            stop(photo_server)
+    return runs
 
 
 # --- the plan, the table, the ratios ------------------------------------------------------------------
@@ -556,6 +640,12 @@ def print_row(r: Figures) -> None:
         + (f"  errors: {r.error_codes}" if r.errors else ""),
         flush=True,
     )
+    parts = [f"{name.removesuffix('_ms')} {v:.2f} ms" for name, v in r.stages.items() if name.endswith("_ms")]
+    if parts:
+        batch = f" (forward: per pass of {r.stages['batch']:.1f} images)" if "batch" in r.stages else ""
+        engine = f"; engine process {r.engine_us:.0f} µs/img" if r.engine_us else ""
+        gpu = f"; GPU busy {r.gpu_busy:.0f}%" if r.gpu_busy >= 0 else ""
+        print(f"       stages: {', '.join(parts)}{batch}{engine}{gpu}", flush=True)
 
 
 HEADER = (
@@ -653,40 +743,9 @@ def main() -> None:
     )
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    runs: list[Figures] = []
     latency_load = Load("tiny", args.latency_clients, 1).name
     saturation = Load("tiny", args.clients, args.batch)
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        workdir = Path(tmp)
-        photo_dir = workdir / "photos"
-        photo_dir.mkdir()
-        names = write_photos(photo_dir, args.photos, args.glob)
-        source = "generated" if names["1mp"][0].startswith("generated") else str(args.photos / args.glob)
-        print(f"1 MP photos: {len(names['1mp'])} from {source}; tiny: {len(names['tiny'])} 64x48 JPEGs", flush=True)
-        photo_port = free_port()
-        photo_server = spawn(
-            ["-m", "bench.workers", "--serve-photos", str(photo_port), "--folder", str(photo_dir)], os.environ
-        )
-        try:
-            wait_until_up(f"http://127.0.0.1:{photo_port}/0/{names['tiny'][0]}", time.monotonic() + 30, photo_server)
-            urls = UrlSource(f"http://127.0.0.1:{photo_port}", names)
-            print(HEADER, flush=True)
-            for rep in range(1, args.repeats + 1):
-                for arm in arms if rep % 2 else list(reversed(arms)):
-                    try:
-                        with running_server(arm, args.model, args.device, saturation, workdir) as (server, base, redis):
-                            # Connections, lazy imports, first collections: not measured.
-                            run_load(base, Load("tiny", 4, 1), 1.0, urls.take("tiny", 40_000))
-                            for load in loads[arm]:
-                                figures = measure(
-                                    rep, arm, load, args.duration, server, base, photo_server, redis, urls
-                                )
-                                runs.append(figures)
-                                print_row(figures)
-                    except NotUp as exc:
-                        print(f"{rep:>3d}  {arm.name}: the server did not start: {exc}", flush=True)
-        finally:
-            stop(photo_server)
+    runs = run_arms(arms, loads, args, saturation)
 
     print(f"\nratios (each repeat, then over all runs); {time.strftime('%Y-%m-%d %H:%M %Z')}")
     for text in ratios(runs, args.repeats, args.workers, latency_load, targets=args.model == STAND_IN):

@@ -135,7 +135,7 @@ def _ready_call(
     configured = services.registry is not None and services.registry.configured
     refused = services.status in (Status.DRAINING, Status.FAILED) if configured else services.ready() is None
     if refused:
-        raise Unavailable(f"service not ready: {services.reason or services.status.value}")
+        raise Unavailable(f"service not ready: {services.unready_reason()}")
     record = cast(RequestRecord, request.state.record)
     return EmbedCall(services, record, request, headers, _by_api_key=by_key)
 

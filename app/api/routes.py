@@ -65,7 +65,7 @@ async def health(services: ServicesDep) -> Response:
     ready = services.ready() is not None
     if not ready:
         body["status"] = services.reported_status()
-        body["reason"] = services.reason or "engine stopped"
+        body["reason"] = services.unready_reason()
         if configured and registry is not None and services.status in (Status.LOADING, Status.OK):
             body["reason"] = registry.why_not_ready() or body["reason"]
     if services.state is not None:
@@ -84,7 +84,7 @@ async def health(services: ServicesDep) -> Response:
             # Workers starting with the pod accept at once (to answer 503 loading): ok only once all of them serve.
             ready = False
             body["status"] = "unavailable"
-            body["reason"] = f"{pod.ready} of {pod.expected} workers ready"
+            body["reason"] = pod.missing()
     response = json_response(body, 200 if ready else 503)
     if not ready:
         response.headers["Retry-After"] = RETRY_AFTER_S

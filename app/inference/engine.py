@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
@@ -65,6 +65,66 @@ class OverlappingModel(BatchModel, Protocol):
         ...
 
 
+class SubmitQueue(Protocol[P]):
+    """What the pipeline submits one modality's items to: a BatchQueue here, or the engine process's (app.engine)."""
+
+    @property
+    def name(self) -> str:
+        """Name the queue: images or texts."""
+        ...
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch, as far as this process knows."""
+        ...
+
+    async def submit(
+        self, payloads: list[P], deadline: float = math.inf, caller: object | None = None
+    ) -> list[np.ndarray]:
+        """Queue the payloads together and wait for their vectors, in order."""
+        ...
+
+    def expecting(self, count: int) -> AbstractContextManager[None]:
+        """Announce `count` items being prepared for this queue until the block ends."""
+        ...
+
+
+class EngineLike(Protocol):
+    """The object the pipeline submits to: the image and text queues of this process's Engine, or of an engine process."""
+
+    @property
+    def images(self) -> SubmitQueue[ImagePayload]:
+        """The image queue."""
+        ...
+
+    @property
+    def texts(self) -> SubmitQueue[torch.Tensor]:
+        """The text queue."""
+        ...
+
+    @property
+    def local(self) -> bool:
+        """Say whether the model runs in this process (its GPU memory can be read here)."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """Say whether items can be served now."""
+        ...
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Report queue depths and batch sizes for /health."""
+        ...
+
+    def unavailable_reason(self) -> str:
+        """Say why items cannot be served while `alive` is false."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop taking items; the ones still queued fail with Unavailable."""
+        ...
+
+
 class QueueObserver(Protocol):
     """What the engine reports about items leaving a queue (the app's metrics implement it)."""
 
@@ -76,12 +136,19 @@ class QueueObserver(Protocol):
 
 
 @dataclass(slots=True)
-class _Item(Generic[P]):
+class Ticket(Generic[P]):
+    """One queued payload: its future (resolved only once the queue no longer holds the payload), deadline and caller."""
+
     payload: P
     future: asyncio.Future[np.ndarray]
     deadline: float = math.inf  # the queue's clock reading after which the item is not worth computing
     enqueued: float = 0.0
     caller: object = None  # the same object for every item of one request
+    abandoned: bool = False
+
+    def abandon(self) -> None:
+        """Give the item up: dropped unrun if still queued, its future failed then (or answered by its batch)."""
+        self.abandoned = True
 
 
 @dataclass(slots=True)
@@ -122,7 +189,7 @@ class BatchQueue(Generic[P]):
         self._delivering: set[asyncio.Task[None]] = set()
         self._limits = BatchLimits(max_batch, max_wait_s)
         self._clock = clock
-        self._queue: asyncio.Queue[_Item[P]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Ticket[P]] = asyncio.Queue()
         self._incoming = 0  # items announced by expecting() and not yet submitted
         self._forward_s = 0.0  # running average of one forward pass
         self._arrived: set[object] = set()  # callers that submitted since the last dispatch
@@ -130,6 +197,7 @@ class BatchQueue(Generic[P]):
         self._idle_since = -math.inf  # when the last forward pass ended
         self.stats = QueueStats()
         self._task: asyncio.Task[None] | None = None
+        self._gathering: list[Ticket[P]] = []  # the batch being gathered
 
     @property
     def depth(self) -> int:
@@ -150,8 +218,10 @@ class BatchQueue(Generic[P]):
             await asyncio.gather(self._task, return_exceptions=True)
         # Batches already on the device are delivered: their forward pass is running anyway.
         await asyncio.gather(*self._delivering, return_exceptions=True)
+        leftovers, self._gathering = self._gathering, []  # taken from the queue by a gather that was cut
         while not self._queue.empty():
-            item = self._queue.get_nowait()
+            leftovers.append(self._queue.get_nowait())
+        for item in leftovers:
             if not item.future.done():
                 item.future.set_exception(Unavailable("the engine is shutting down"))
 
@@ -164,33 +234,46 @@ class BatchQueue(Generic[P]):
         with Overloaded unrun.
         Calls that pass the same `caller` count as one client in a wave; by default each call is its own.
         """
-        if not self.alive:
-            raise Unavailable("the engine is not running")
-        loop = asyncio.get_running_loop()
-        now = self._clock()
-        caller = caller if caller is not None else object()
-        items = [_Item(p, loop.create_future(), deadline, now, caller) for p in payloads]
-        self._arrived.add(caller)
-        for item in items:
-            self._queue.put_nowait(item)
+        items = self.enqueue(payloads, deadline, caller)
         try:
             return list(await asyncio.gather(*(i.future for i in items)))
         finally:
             for item in items:
                 item.future.cancel()  # no-op when done; drops leftovers when the caller went away
 
+    def enqueue(self, payloads: list[P], deadline: float = math.inf, caller: object | None = None) -> list[Ticket[P]]:
+        """Queue the payloads together; return their tickets at once (`submit` without the wait).
+
+        A ticket's future is resolved only when the queue no longer holds its payload (dropped unrun, or its
+        batch done), provided nobody cancels it: the engine process frees a payload's shared memory then.
+        """
+        if not self.alive:
+            raise Unavailable("the engine is not running")
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        caller = caller if caller is not None else object()
+        items = [Ticket(p, loop.create_future(), deadline, now, caller) for p in payloads]
+        self._arrived.add(caller)
+        for item in items:
+            self._queue.put_nowait(item)
+        return items
+
     @contextmanager
     def expecting(self, count: int) -> Iterator[None]:
         """Announce `count` items being downloaded, decoded or tokenised for this queue until the block ends."""
-        self._incoming += count
+        self.adjust_incoming(count)
         try:
             yield
         finally:
-            self._incoming -= count
+            self.adjust_incoming(-count)
 
-    async def _gather(self) -> list[_Item[P]]:
+    def adjust_incoming(self, delta: int) -> None:
+        """Count `delta` more items announced (fewer when negative): the engine process's workers announce theirs."""
+        self._incoming += delta
+
+    async def _gather(self) -> list[Ticket[P]]:
         """Wait for an item, then take more until the batching policy sends the batch (app.inference.batching)."""
-        batch = [await self._queue.get()]
+        batch = self._gathering = [await self._queue.get()]
         started = self._clock()
         callers = {batch[0].caller}
         waves = tuple(self._waves)
@@ -224,9 +307,10 @@ class BatchQueue(Generic[P]):
                 callers.add(arrived.caller)
         self._waves.append(len(self._arrived))
         self._arrived.clear()
+        self._gathering = []
         return self._live(batch)
 
-    async def _next(self, until: float) -> _Item[P] | None:
+    async def _next(self, until: float) -> Ticket[P] | None:
         """Return the next item, or None once the clock reaches `until`."""
         while (left := until - self._clock()) > 0:
             try:
@@ -235,13 +319,15 @@ class BatchQueue(Generic[P]):
                 pass  # the loop's timer ran out: the clock says whether `until` has come
         return None
 
-    def _live(self, batch: list[_Item[P]]) -> list[_Item[P]]:
+    def _live(self, batch: list[Ticket[P]]) -> list[Ticket[P]]:
         """Drop the items whose caller has gone or whose deadline has passed; report the rest's wait."""
         now = self._clock()
         live, cancelled, expired = [], 0, 0
         for item in batch:
-            if item.future.done():
+            if item.future.done() or item.abandoned:
                 cancelled += 1
+                if not item.future.done():
+                    item.future.set_exception(Unavailable("the request was given up by its caller"))
             elif now >= item.deadline:
                 expired += 1
                 item.future.set_exception(Overloaded("the request's deadline passed while it waited for the model"))
@@ -282,7 +368,7 @@ class BatchQueue(Generic[P]):
             self._slots.release()
             self._deliver(batch, outcome, started)
 
-    async def _finish(self, batch: list[_Item[P]], pending: PendingRows, started: float) -> None:
+    async def _finish(self, batch: list[Ticket[P]], pending: PendingRows, started: float) -> None:
         """Wait for a started batch's rows on the readback thread, then answer its items."""
         try:
             rows = await asyncio.get_running_loop().run_in_executor(self._readback, pending.wait)
@@ -294,13 +380,13 @@ class BatchQueue(Generic[P]):
         finally:
             self._slots.release()
 
-    def _fail(self, batch: list[_Item[P]], exc: Exception) -> None:
+    def _fail(self, batch: list[Ticket[P]], exc: Exception) -> None:
         self._idle_since = self._clock()
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(exc)
 
-    def _deliver(self, batch: list[_Item[P]], vectors: Rows, started: float) -> None:
+    def _deliver(self, batch: list[Ticket[P]], vectors: Rows, started: float) -> None:
         self._idle_since = self._clock()
         self._record(len(batch), self._idle_since - started)
         for item, vector in zip(batch, vectors, strict=True):
@@ -332,6 +418,8 @@ def model_executor() -> ThreadPoolExecutor:
 
 class Engine:
     """The image and text queues sharing a single model thread."""
+
+    local = True
 
     def __init__(
         self,
@@ -372,6 +460,9 @@ class Engine:
         self._readback.shutdown(wait=False, cancel_futures=True)
         if self._owns_executor:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def unavailable_reason(self) -> str:
+        return "engine stopped"
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Report queue depths and batch sizes for /health."""

@@ -84,7 +84,7 @@ class ImageBatcher:
                     images[index] = tensor
                     continue
                 try:
-                    arrays.append((index, self._decode_alone(image.data)))
+                    arrays.append((index, self._decode_alone(image.encoded())))
                 except ServiceError as exc:
                     failures[index] = exc
         arrays += [(i, p.pixels) for i in chunk if isinstance(p := payloads[i], DecodedImage)]

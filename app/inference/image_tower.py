@@ -59,6 +59,17 @@ class ImageOptions:
         return self.preprocess == "pil" and self.jpeg_decode == "pool" and not self.blocking_wait
 
 
+def image_payload(mode: PreprocessMode, preprocess: Preprocess, image: Image.Image) -> ImagePayload:
+    """Return what the decode threads hand the engine for a decoded RGB picture under IMAGE_PREPROCESS=`mode`."""
+    if mode == "tensor":
+        return DecodedImage(np.asarray(image))
+    if mode == "pil-uint8":
+        resized = preprocess.resized(image)
+        if resized is not None:
+            return DecodedImage(resized)
+    return preprocess(image)
+
+
 class ImageTower:
     """Payloads for the decode threads to make; batches of them to vectors on the model's device."""
 
@@ -99,14 +110,7 @@ class ImageTower:
 
     def payload(self, image: Image.Image) -> ImagePayload:
         """Return what the decode threads hand the engine for a decoded RGB picture."""
-        mode = self.options.preprocess
-        if mode == "tensor":
-            return DecodedImage(np.asarray(image))
-        if mode == "pil-uint8":
-            resized = self._preprocess.resized(image)
-            if resized is not None:
-                return DecodedImage(resized)
-        return self._preprocess(image)
+        return image_payload(self.options.preprocess, self._preprocess, image)
 
     def inputs(self, payloads: Sequence[ImagePayload]) -> torch.Tensor | None:
         """Return the batch the forward pass would see (float32, on the device): for checking a path's pixels."""

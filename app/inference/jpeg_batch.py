@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import cast
 
+import numpy as np
 import torch
 
 from app.inference.payload import EncodedImage
@@ -53,7 +54,7 @@ class JpegBatchDecoder:
     def _isolating(self, images: Sequence[EncodedImage], indices: list[int], out: list[torch.Tensor | None]) -> None:
         """Decode images[indices] into out; on a refusal, split until the refused image stands alone."""
         try:
-            decoded = self._call([images[i].data for i in indices])
+            decoded = self._call([_source(images[i].data) for i in indices])
         except torch.cuda.OutOfMemoryError:
             raise  # the engine frees memory and retries the batch in halves
         except (RuntimeError, ValueError) as exc:
@@ -67,7 +68,7 @@ class JpegBatchDecoder:
         for index, tensor in zip(indices, decoded, strict=True):
             out[index] = tensor
 
-    def _call(self, datas: list[bytes]) -> list[torch.Tensor]:
+    def _call(self, datas: list[bytes | torch.Tensor]) -> list[torch.Tensor]:
         if self._stream is None:
             return self._decode(datas, mode="RGB", device=self._device)
         consumer = torch.cuda.current_stream(self._device)
@@ -79,3 +80,8 @@ class JpegBatchDecoder:
             # decode stream before that stream's work on it is done.
             tensor.record_stream(consumer)
         return decoded
+
+
+def _source(data: bytes | np.ndarray) -> bytes | torch.Tensor:
+    """Return what the decoder reads: the bytes, or a uint8 tensor over the same memory (no copy)."""
+    return data if isinstance(data, bytes) else torch.from_numpy(data)

@@ -82,8 +82,8 @@ class ModelInfo:
         return MODALITIES.get(self.towers, MODALITIES["both"])
 
 
-class Embedder(Protocol):
-    """What the engine needs from a model; the real one wraps open_clip."""
+class ItemPreparer(Protocol):
+    """What the pipeline prepares items with: the model's info, its preprocessing and its tokenizer."""
 
     info: ModelInfo
 
@@ -94,6 +94,10 @@ class Embedder(Protocol):
     def tokenize(self, text: str) -> torch.Tensor:
         """Turn a text into a 1-D tensor of token ids (truncated to the context length)."""
         ...
+
+
+class Embedder(ItemPreparer, Protocol):
+    """What the engine needs from a model; the real one wraps open_clip."""
 
     def encode_images(self, pixels: list[ImagePayload]) -> VectorRows:
         """Return L2-normalised float32 vectors, one row per input, in order (or an input's error in its place)."""
@@ -143,6 +147,9 @@ class ClipEmbedder:
             drop_tower(model, towers)
             model.to(self.device)
         self._preprocess = Preprocess(preprocess)
+        # The fields of open_clip's PreprocessCfg its eval transform was built from: an engine process's
+        # workers rebuild the same transform from them (app.engine.front). None without an image tower.
+        self.preprocess_cfg: dict[str, object] = dict(getattr(model.visual, "preprocess_cfg", None) or {})
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self._has_images, self._has_texts = "image" in modalities, "text" in modalities
         packed = 0

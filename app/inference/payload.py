@@ -30,10 +30,17 @@ class ImageHeader:
 
 @dataclass(frozen=True, slots=True)
 class EncodedImage:
-    """A baseline JPEG for the engine to decode in a batch (JPEG_DECODE=engine)."""
+    """A baseline JPEG for the engine to decode in a batch (JPEG_DECODE=engine).
 
-    data: bytes
+    `data` is the JPEG's bytes, or (in an engine process) a uint8 view of them in a worker's shared memory.
+    """
+
+    data: bytes | np.ndarray
     header: ImageHeader
+
+    def encoded(self) -> bytes:
+        """Return the JPEG's bytes (a copy of a view)."""
+        return self.data if isinstance(self.data, bytes) else self.data.tobytes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -22,8 +22,8 @@ from enum import StrEnum
 
 from app.errors import InvalidRequest, ModelLoading, Unavailable
 from app.inference.cpu_kernels import return_freed_memory
-from app.inference.engine import Engine, model_executor
-from app.inference.model import Embedder, ModelInfo
+from app.inference.engine import Engine, EngineLike, model_executor
+from app.inference.model import Embedder, ItemPreparer, ModelInfo
 from app.inference.model_guard import GuardedEmbedder, free_accelerator_memory
 from app.inference.spec import ModelSpec, spoken_list
 from app.ops.admission import Admission
@@ -35,7 +35,10 @@ log = logging.getLogger("app.inference.registry")
 
 EmbedderFactory = Callable[[Settings], Embedder]
 # What makes a loaded model's pipeline (app.main: the process's fetcher, decode threads and caches).
-BuildPipeline = Callable[[ModelSpec, Embedder, Engine, Admission], EmbeddingPipeline]
+BuildPipeline = Callable[[ModelSpec, ItemPreparer, EngineLike, Admission], EmbeddingPipeline]
+# Connects to the model where it runs outside this process (ENGINE_PROCESS: the pod's engine processes,
+# app.engine.client): what the pipeline prepares items with, and the engine it submits them to.
+EngineOpener = Callable[[], Awaitable[tuple[ItemPreparer, EngineLike]]]
 # A model whose load failed on demand is not tried again for this long; requests meanwhile get 503.
 RELOAD_AFTER_FAILURE_S = 30.0
 # What Retry-After says for a model that has never loaded, when no load time is known yet.
@@ -72,10 +75,10 @@ class ModelAdmission(Admission):
 
 @dataclass(slots=True)
 class Loaded:
-    """What a loaded model serves with."""
+    """What a loaded model serves with (its engine is this process's, or the pod's engine processes')."""
 
-    embedder: Embedder
-    engine: Engine
+    embedder: ItemPreparer
+    engine: EngineLike
     pipeline: EmbeddingPipeline
 
 
@@ -109,7 +112,8 @@ class ServedModel:
     def why_not_ready(self) -> str:
         """Say what keeps this model from serving."""
         if self.state is ModelState.READY:
-            return f"model {self.name}: engine stopped"
+            engine = self.loaded.engine if self.loaded is not None else None
+            return f"model {self.name}: {engine.unavailable_reason() if engine is not None else 'engine stopped'}"
         if self.state is ModelState.FAILED:
             return f"model {self.name} failed to load: {self.error}"
         return f"model {self.name} is {self.state.value}"
@@ -140,8 +144,11 @@ class ModelRegistry:
         admission: Admission,
         build_pipeline: BuildPipeline,
         clock: Callable[[], float] = time.monotonic,
+        engine_opener: EngineOpener | None = None,
     ) -> None:
         self._settings = settings
+        # ENGINE_PROCESS: the one model (Settings allows no other) runs in the engine processes, not here.
+        self._opener = engine_opener
         self._factory = factory
         self._metrics = metrics
         self._build = build_pipeline
@@ -243,9 +250,8 @@ class ModelRegistry:
         async with self._lock:  # one load at a time: two at once could take twice the memory
             model.state = ModelState.LOADING
             started = time.perf_counter()
-            loop = asyncio.get_running_loop()
             try:
-                embedder = await loop.run_in_executor(model.thread, self._factory, self._settings.for_model(model.spec))
+                embedder, engine = await self._open(model)
             except BaseException as exc:
                 model.state, model.error, model.failed_at = (
                     ModelState.FAILED,
@@ -254,10 +260,6 @@ class ModelRegistry:
                 )
                 self._metrics.model_loads.labels(model.name, "failed").inc()
                 raise
-            if self.configured and not embedder.info.name:
-                embedder.info = replace(embedder.info, name=model.name)
-            engine = make_engine(embedder, model.name, self._settings, self._metrics, model.thread)
-            engine.start()
             pipeline = self._build(model.spec, embedder, engine, model.admission)
             model.loaded, model.info, model.error = Loaded(embedder, engine, pipeline), embedder.info, None
             model.load_seconds, model.loaded_at = time.perf_counter() - started, time.time()
@@ -265,6 +267,18 @@ class ModelRegistry:
             model.state = ModelState.READY
             self._metrics.model_loads.labels(model.name, "loaded").inc()
             log.info("model %s loaded in %.1f s", model.name, model.load_seconds)
+
+    async def _open(self, model: ServedModel) -> tuple[ItemPreparer, EngineLike]:
+        """Load `model` on its thread and start its engine; or connect to the engine processes that run it."""
+        if self._opener is not None:
+            return await self._opener()
+        loop = asyncio.get_running_loop()
+        embedder = await loop.run_in_executor(model.thread, self._factory, self._settings.for_model(model.spec))
+        if self.configured and not embedder.info.name:
+            embedder.info = replace(embedder.info, name=model.name)
+        engine = make_engine(embedder, model.name, self._settings, self._metrics, model.thread)
+        engine.start()
+        return embedder, engine
 
     async def unload(self, model: ServedModel) -> None:
         """Stop the model's engine and let its weights go; the next request that names it loads it again."""

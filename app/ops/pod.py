@@ -13,8 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from app.engine.board import EngineBoard, EngineNotice
 
 # A worker whose last notice is older than this is taken as hung: the pod is not ready.
 STALE_AFTER_S = 5.0
@@ -59,6 +63,9 @@ class PodSummary:
     expected: int
     notices: list[WorkerNotice]
     restarts: int
+    engines: list[EngineNotice] = field(default_factory=list)  # ENGINE_PROCESS: the engine processes
+    expected_engines: int = 0
+    engine_restarts: int = 0
 
     @property
     def ready(self) -> int:
@@ -67,17 +74,26 @@ class PodSummary:
 
     @property
     def all_ready(self) -> bool:
-        """Say whether every expected worker is ready."""
-        return self.ready >= self.expected
+        """Say whether every expected worker, and engine process, is ready."""
+        return self.ready >= self.expected and sum(e.ready for e in self.engines) >= self.expected_engines
+
+    def missing(self) -> str:
+        """Say which part of the pod is not ready: workers first, then engine processes."""
+        if self.ready < self.expected:
+            return f"{self.ready} of {self.expected} workers ready"
+        engines = sum(e.ready for e in self.engines)
+        return f"{engines} of {self.expected_engines} engine processes ready"
 
     @property
     def devices(self) -> list[str]:
-        """Return the devices the workers run on, each once, in order."""
-        return sorted({n.device for n in self.notices if n.device})
+        """Return the devices the workers (or the engine processes) run on, each once, in order."""
+        devices = {n.device for n in self.notices if n.device} | {e.device for e in self.engines}
+        return sorted(devices)
 
     def to_json(self) -> dict[str, object]:
         """Return the pod part of /health's body."""
-        return {
+        engines = {"engines": [e.to_json() for e in self.engines], "engine_restarts": self.engine_restarts}
+        return (engines if self.expected_engines else {}) | {
             "expected": self.expected,
             "ready": self.ready,
             "restarts": self.restarts,
@@ -98,9 +114,12 @@ class PodSummary:
 class PodBoard:
     """Read and write the notices in one folder."""
 
-    def __init__(self, folder: Path, expected: int) -> None:
+    def __init__(self, folder: Path, expected: int, engines: int = 0) -> None:
+        from app.engine.board import EngineBoard
+
         self.folder = folder
         self.expected = expected
+        self.engines: EngineBoard = EngineBoard(folder, engines)
 
     def publish(self, notice: WorkerNotice) -> None:
         """Replace this worker's notice atomically (a reader never sees half a file)."""
@@ -114,10 +133,10 @@ class PodBoard:
         """Remove a worker's notice (it exited)."""
         self._path(pid).unlink(missing_ok=True)
 
-    def count_restart(self) -> int:
-        """Count one worker replaced; return the total so far."""
-        restarts = self._restarts() + 1
-        self._write_supervisor(restarts=restarts)
+    def count_restart(self, key: str = "restarts") -> int:
+        """Count one worker (or, with key="engine_restarts", one engine process) replaced; return the total so far."""
+        restarts = self._restarts(key) + 1
+        self._write_supervisor(**{key: restarts})
         return restarts
 
     def mark_stopping(self) -> None:
@@ -141,13 +160,17 @@ class PodBoard:
                 notice.status = "unresponsive"
             notices.append(notice)
         notices.sort(key=lambda n: n.index)
-        return PodSummary(self.expected, notices, self._restarts())
+        engines = self.engines.notices(now)
+        restarts = self._restarts("engine_restarts")
+        return PodSummary(self.expected, notices, self._restarts(), engines, self.engines.expected, restarts)
 
     def metrics(self) -> Iterator[Metric]:
         """Yield the pod's gauges: workers, their readiness, and the per-worker gauges summed."""
         pod = self.summary()
         up = [n.gauges["clip_shared_state_up"] for n in pod.notices if "clip_shared_state_up" in n.gauges]
         ready = pod.all_ready and min(up, default=1.0) == 1.0
+        if self.engines.expected:
+            yield from self.engines.metrics(pod.engine_restarts)
         yield GaugeMetricFamily("clip_workers", "Worker processes configured (WORKERS)", value=pod.expected)
         yield GaugeMetricFamily("clip_workers_ready", "Worker processes ready to serve", value=pod.ready)
         yield CounterMetricFamily(
@@ -155,7 +178,7 @@ class PodBoard:
         )
         yield GaugeMetricFamily(
             "clip_ready",
-            "1 while /health answers 200 (every worker ready, the shared store answering)",
+            "1 while /health answers 200 (every worker and engine process ready, the shared store answering)",
             value=float(ready),
         )
         for name, documentation in SUMMED_GAUGES.items():
@@ -165,7 +188,7 @@ class PodBoard:
         if up:
             yield GaugeMetricFamily("clip_shared_state_up", STATE_UP_HELP, value=min(up))
         depth = GaugeMetricFamily("clip_queue_depth", "Items waiting for a forward pass, by queue", labels=["queue"])
-        totals: dict[str, float] = {}
+        totals = self.engines.queue_depths()
         for notice in pod.notices:
             for queue, value in notice.queue_depth.items():
                 totals[queue] = totals.get(queue, 0.0) + value
@@ -176,8 +199,8 @@ class PodBoard:
     def _path(self, pid: int) -> Path:
         return self.folder / f"worker-{pid}.json"
 
-    def _restarts(self) -> int:
-        restarts = self._supervisor().get("restarts", 0)
+    def _restarts(self, key: str = "restarts") -> int:
+        restarts = self._supervisor().get(key, 0)
         return restarts if isinstance(restarts, int) else 0
 
     def _supervisor(self) -> dict[str, object]:

@@ -28,6 +28,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger as GunicornLogger
 
+from app.engine.supervise import engine_devices
 from app.ops.dealer import Dealer
 from app.ops.exits import ExitCode
 from app.ops.podfolder import METRICS_SUBFOLDER, make_pod_folder, shrink_metric_files
@@ -36,6 +37,7 @@ from app.ops.workers import HEARTBEAT_TIMEOUT_S, STOP_MARGIN_S
 if TYPE_CHECKING:
     from gunicorn.config import Config as GunicornConfig
 
+    from app.engine.supervise import EngineSet
     from app.main import EmbedderFactory
     from app.ops.pod import PodBoard
     from app.ops.workers import ServiceWorker
@@ -78,6 +80,11 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
             sig = signal.SIGTERM  # handle_term: stop() sends SIGTERM, and every worker drains
         super().signal(sig, frame)
 
+    def manage_workers(self) -> None:
+        if self.app.engines is not None:
+            self.app.engines.watch()  # replaces the dead; raises HaltServer for one that never started
+        super().manage_workers()
+
     def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
         # Before stop() signals the workers: each one drains as one process does, its listener open (503s),
         # rather than as a worker leaving alone, which closes its listener first (app.ops.lifecycle).
@@ -86,6 +93,9 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
         super().halt(reason, exit_status)
 
     def reap_workers(self) -> None:
+        # The engine processes first: gunicorn's waitpid(-1) would take their exit status and drop it.
+        if self.app.engines is not None:
+            self.app.engines.reap()
         # Every worker that cannot load the model fails to boot at about the same time: the first one halts
         # the pod, and gunicorn's stop() would raise again, uncaught, as it reaps the next one.
         while True:
@@ -107,12 +117,24 @@ class _PodArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type info
 class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
     """The arbiter's application: configuration, the workers' slots, and the notice board."""
 
-    def __init__(self, settings: Settings, folder: Path, embedder_factory: EmbedderFactory | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        folder: Path,
+        embedder_factory: EmbedderFactory | None,
+        engine_devices: list[str] | None = None,
+    ) -> None:
         from app.ops.pod import PodBoard
 
         self.settings = settings
         self.embedder_factory = embedder_factory
-        self.board: PodBoard = PodBoard(folder, settings.workers)
+        devices = engine_devices or []
+        self.board: PodBoard = PodBoard(folder, settings.workers, engines=len(devices))
+        self.engines: EngineSet | None = None  # ENGINE_PROCESS: the model runs there, not in the workers
+        if devices:
+            from app.engine.supervise import EngineSet, factory_reference
+
+            self.engines = EngineSet(settings, folder, self.board, devices, factory_reference(embedder_factory))
         self._metrics_dir = folder / METRICS_SUBFOLDER
         self._slots: set[int] = set()
         self.dealer = Dealer()
@@ -149,6 +171,8 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
         _PodArbiter(self).run()
 
     def _when_ready(self, arbiter: Arbiter) -> None:
+        if self.engines is not None:
+            self.engines.start()  # before the workers, which connect to them
         self.dealer.start(listener.sock for listener in arbiter.LISTENERS)
 
     def _pre_fork(self, arbiter: Arbiter, worker: ServiceWorker) -> None:
@@ -185,6 +209,9 @@ class PodSupervisor(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
     def _on_exit(self, arbiter: Arbiter) -> None:
         self.dealer.close()
         log.info("all workers stopped")
+        if self.engines is not None:
+            # After the workers: their drain needed the engines. Theirs is short: no worker is left to feed them.
+            self.engines.stop(self.settings.shutdown_grace_s + STOP_MARGIN_S)
 
 
 def run_pod(settings: Settings, embedder_factory: EmbedderFactory | None = None) -> int:
@@ -193,13 +220,16 @@ def run_pod(settings: Settings, embedder_factory: EmbedderFactory | None = None)
     `embedder_factory` is the model seam (tests, benchmarks); by default each worker loads the configured
     model. Raise StartupError when the pod's folder cannot hold the workers' metrics.
     """
-    folder = make_pod_folder(settings.workers)
+    devices = engine_devices(settings.device) if settings.engine_process_on() else []
+    folder = make_pod_folder(settings.workers + len(devices))
     supervisor = os.getpid()
     # Read by prometheus_client as it is imported: the workers, forked after this, count into files.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder / METRICS_SUBFOLDER)
     log.info("starting %d workers on %s:%d", settings.workers, settings.resolved_host, settings.port)
+    pod: PodSupervisor | None = None
     try:
-        PodSupervisor(settings, folder, embedder_factory).run()
+        pod = PodSupervisor(settings, folder, embedder_factory, devices)
+        pod.run()
     except SystemExit as exc:
         if os.getpid() != supervisor:
             raise  # a worker leaving: its own exit status, and nothing of the pod's to clean up
@@ -210,5 +240,7 @@ def run_pod(settings: Settings, embedder_factory: EmbedderFactory | None = None)
         return _HALTS.get(code, code)
     finally:
         if os.getpid() == supervisor:
+            if pod is not None and pod.engines is not None:
+                pod.engines.stop(0)  # only those left running by an arbiter that failed
             shutil.rmtree(folder, ignore_errors=True)
     return ExitCode.STOPPED

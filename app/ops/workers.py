@@ -101,9 +101,17 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
         supervisor: PodSupervisor = self.app
         board = supervisor.board
         settings = supervisor.settings
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        device = device_for_worker(settings.device, self.index, gpus)
-        settings = settings.model_copy(update={"device": device})
+        opener = None
+        if supervisor.engines is not None:
+            # The model runs in the engine processes: this worker must not touch CUDA (a context of its own).
+            from app.engine.client import engine_opener
+
+            opener = engine_opener(supervisor.engines.paths, self.index, settings, board)
+            device = "engine"
+        else:
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            device = device_for_worker(settings.device, self.index, gpus)
+            settings = settings.model_copy(update={"device": device})
         failed = False
 
         def on_fatal(reason: str) -> None:
@@ -124,6 +132,7 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no t
             on_ready=settle_heap,
             lifecycle=lifecycle,
             pod=board,
+            engine_opener=opener,
         )
         self.config.app = app
         # SIGTERM from the supervisor drains; SIGQUIT is its second stop signal (app.ops.supervisor).

@@ -109,7 +109,9 @@ def exported(service: RunningService, image_server: ImageServer, tmp_path_factor
     drive(service.base, image_server)
     found.read(metrics_text(service.base), declared)
     with RedisServer(redis_server, work) as redis:
+        # The pod's own series too: the workers' and (ENGINE_PROCESS) the engine processes'.
         env = TINY_APP_ENV | {"WORKERS": "2", "CPU_WORKERS": "1", "STATE_URL": redis.url, "STATE_TIMEOUT_S": "5"}
+        env |= {"ENGINE_PROCESS": "on"}
         with app_server(env, log=work / "pod.log") as (_, base):
             drive(base, image_server)
             found.read(metrics_text(base), declared)

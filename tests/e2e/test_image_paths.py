@@ -27,7 +27,7 @@ from app.inference.preprocess import Preprocess
 from tests.support.api import call
 from tests.support.data import png_rgba_bytes, tiny_settings
 from tests.support.imageserver import ImageServer
-from tests.support.photos import photo_jpeg
+from tests.support.photos import corrupt_scan, photo_jpeg
 from tests.support.service import run_service
 
 MAX_PIXELS = 40_000_000
@@ -124,16 +124,10 @@ def test_engine_jpeg_decode_orients_as_the_decode_threads_do(checkpoint, orienta
     assert torch.equal(embedder.image_inputs([encoded]), embedder.image_inputs([pool]))
 
 
-def _corrupt_scan(data: bytes) -> bytes:
-    """The same headers, random bytes for the entropy-coded data: it passes every header check."""
-    sos = data.index(b"\xff\xda")
-    return data[: sos + 20] + np.random.default_rng(0).bytes(5000) + b"\xff\xd9"
-
-
 def test_engine_jpeg_decode_fails_a_corrupt_image_alone(checkpoint, photos):
     pytest.importorskip("torchcodec")
     embedder = _embedder(("clip-tiny", checkpoint), preprocess="tensor", jpeg_decode="engine")
-    corrupt = engine_jpeg(_corrupt_scan(photos[1]), max_pixels=MAX_PIXELS)
+    corrupt = engine_jpeg(corrupt_scan(photos[1]), max_pixels=MAX_PIXELS)
     assert corrupt is not None  # the header checks pass: only the decoder can tell
     good = [engine_jpeg(d, max_pixels=MAX_PIXELS) for d in photos]
     outcomes = embedder.encode_images([good[0], corrupt, *good[1:]])
@@ -203,7 +197,7 @@ def test_service_with_engine_decode_answers_each_image_as_its_own(engine_service
     with ImageServer() as images:
         images.files |= {f"p{i}.jpg": d for i, d in enumerate(photos)}
         images.files["rgba.png"] = png_rgba_bytes()
-        images.files["corrupt.jpg"] = _corrupt_scan(photos[0])
+        images.files["corrupt.jpg"] = corrupt_scan(photos[0])
         images.files["truncated.jpg"] = photos[0][:2000]
         images.files["huge.jpg"] = photo_jpeg(1800, 1200, seed=9)  # 2.16 MP, over MAX_IMAGE_PIXELS
         names = ["p0.jpg", "corrupt.jpg", "p1.jpg", "rgba.png", "truncated.jpg", "huge.jpg", "p3.jpg"]

@@ -39,3 +39,9 @@ def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 90, **save
     buf = io.BytesIO()
     photo(width, height, seed).save(buf, "JPEG", quality=quality, **save)
     return buf.getvalue()
+
+
+def corrupt_scan(data: bytes) -> bytes:
+    """Return a JPEG with the same headers and random bytes for its entropy-coded data: it passes every header check."""
+    sos = data.index(b"\xff\xda")
+    return data[: sos + 20] + np.random.default_rng(0).bytes(5000) + b"\xff\xd9"

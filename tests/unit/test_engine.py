@@ -446,3 +446,59 @@ async def test_engine_without_overlap_runs_a_starting_model_batch_by_batch():
     finally:
         await engine.stop()
     assert model.pending == [] and model.image_batches == [1] and vector.shape == (8,)
+
+
+async def test_engine_abandoned_ticket_is_dropped_unrun_and_answered_once_dropped():
+    clock = ManualClock()
+    model = FakeEmbedder()
+    dropped: list[tuple[str, int]] = []
+
+    class Observer:
+        def dispatched(self, queue: str, waits_s: list[float]) -> None:
+            pass
+
+        def dropped(self, queue: str, reason: str, count: int) -> None:
+            dropped.append((reason, count))
+
+    engine = Engine(model, max_batch=64, max_wait_ms=50, observer=Observer(), clock=clock)
+    engine.start()
+    try:
+        kept, given_up = engine.texts.enqueue([TEXT, TEXT])
+        await until(lambda: engine.texts.depth == 0, "the gather took both")
+        given_up.abandon()
+        assert not given_up.future.done()  # answered only once the queue lets go of its payload
+        await tick(clock, 1.0)
+        (vector,) = await done(kept.future)
+        with pytest.raises(Unavailable, match="given up"):
+            await done(given_up.future)
+    finally:
+        await engine.stop()
+    assert (model.text_batches, dropped, vector.shape) == ([1], [("cancelled", 1)], (8,))
+
+
+async def test_engine_stop_fails_the_items_of_a_batch_still_being_gathered():
+    clock = ManualClock()
+    engine = Engine(FakeEmbedder(), max_batch=64, max_wait_ms=50, clock=clock)
+    engine.start()
+    (request,) = await submitted(engine.texts)  # the gather holds it, waiting out the quiet window
+    await engine.stop()
+    with pytest.raises(Unavailable, match="shutting down"):
+        await done(request)
+
+
+async def test_engine_counts_items_announced_from_outside_as_its_own():
+    clock = ManualClock()
+    model = FakeEmbedder()
+    engine = Engine(model, max_batch=64, max_wait_ms=50, clock=clock)
+    engine.start()
+    try:
+        engine.images.adjust_incoming(1)  # an engine process's worker announces one image
+        (first,) = await submitted(engine.images, caller="a")
+        await tick(clock, 0.06)  # past the quiet window: only the announcement holds the batch
+        assert not first.done()
+        engine.images.adjust_incoming(-1)
+        second = asyncio.create_task(engine.images.submit([IMAGE], caller="a"))
+        await tick_through(clock, [first, second])
+    finally:
+        await engine.stop()
+    assert model.image_batches == [2]

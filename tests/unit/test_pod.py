@@ -6,6 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
+from app.engine.board import EngineNotice
 from app.ops.pod import STALE_AFTER_S, PodBoard, WorkerNotice
 from app.ops.workers import device_for_worker
 
@@ -39,6 +40,30 @@ def test_pod_board_is_ready_only_when_every_expected_worker_is(tmp_path):
     board.publish(_notice(12, 1))
     summary = board.summary()
     assert (summary.ready, summary.all_ready, [n.pid for n in summary.notices]) == (2, True, [11, 12])
+
+
+def test_pod_board_is_ready_only_when_every_engine_process_is_too(tmp_path):
+    board = PodBoard(tmp_path, expected=1, engines=2)
+    board.publish(_notice(11, 0))
+    board.engines.publish(EngineNotice(pid=21, index=0, status="ok", device="cuda:0"))
+    board.engines.publish(EngineNotice(pid=22, index=1, status="loading", device="cuda:1"))
+    loading = board.summary()
+    board.engines.publish(EngineNotice(pid=22, index=1, status="ok", device="cuda:1"))
+    serving = board.summary()
+    board.engines.withdraw(0)  # engine 0 died: the supervisor withdrew its notice
+    died = board.summary()
+    assert (loading.all_ready, loading.missing()) == (False, "1 of 2 engine processes ready")
+    assert (serving.all_ready, serving.devices) == (True, ["cpu", "cuda:0", "cuda:1"])
+    assert (died.all_ready, died.missing()) == (False, "1 of 2 engine processes ready")
+
+
+def test_pod_board_stale_engine_process_counts_as_unresponsive(tmp_path):
+    board = PodBoard(tmp_path, expected=1, engines=1)
+    board.publish(_notice(11, 0))
+    board.engines.publish(EngineNotice(pid=21, index=0, status="ok", device="cpu"))
+    updated = board.summary().engines[0].updated
+    later = board.summary(now=updated + STALE_AFTER_S + 1)
+    assert ([e.to_json()["phase"] for e in later.engines], later.all_ready) == (["unresponsive"], False)
 
 
 def test_pod_board_withdrawn_worker_is_no_longer_counted(tmp_path):

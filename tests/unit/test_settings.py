@@ -167,3 +167,36 @@ def test_settings_request_body_budget_defaults_to_four_largest_bodies(monkeypatc
 def test_settings_refuse_a_body_budget_below_the_largest_body():
     with pytest.raises(ValueError, match="MAX_BUFFERED_REQUEST_BYTES=1048576 is below MAX_REQUEST_BYTES=33554432"):
         Settings(embedding_hmac_secret=GOOD, max_buffered_request_bytes=1 << 20)
+
+
+ONE_MODEL = '[{"model": "clip-tiny", "pretrained": "none", "name": "a"}]'
+TWO_MODELS = '[{"model": "clip-tiny", "pretrained": "none", "name": "a"}, {"model": "clip-tiny", "pretrained": "none", "name": "b"}]'
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"WORKERS": "4"}, False),
+        ({"WORKERS": "2", "ENGINE_PROCESS": "auto"}, True),
+        ({"WORKERS": "1", "ENGINE_PROCESS": "auto"}, False),
+        ({"WORKERS": "1", "ENGINE_PROCESS": "on"}, True),
+        ({"WORKERS": "4", "ENGINE_PROCESS": "off"}, False),
+        ({"WORKERS": "2", "ENGINE_PROCESS": "auto", "MODELS": ONE_MODEL}, True),
+        ({"WORKERS": "2", "ENGINE_PROCESS": "auto", "MODELS": TWO_MODELS}, False),
+    ],
+    ids=["off-by-default", "auto-with-workers", "auto-alone", "on-alone", "off", "auto-one-model", "auto-two-models"],
+)
+def test_settings_engine_process_is_on_only_when_asked_for(monkeypatch, env, expected):
+    for name, value in (env | {"EMBEDDING_HMAC_SECRET": GOOD, "STATE_URL": "redis://127.0.0.1:1/0"}).items():
+        monkeypatch.setenv(name, value)
+    assert Settings().engine_process_on() is expected
+
+
+def test_settings_refuse_engine_process_with_several_models(monkeypatch):
+    env = {"EMBEDDING_HMAC_SECRET": GOOD, "ENGINE_PROCESS": "on", "MODELS": TWO_MODELS}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(
+        ValueError, match=r"ENGINE_PROCESS=on runs one model .* MODELS lists 2 \(a, b\): set ENGINE_PROCESS=off"
+    ):
+        Settings()
