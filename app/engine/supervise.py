@@ -29,6 +29,7 @@ from app.ops.workers import HEARTBEAT_TIMEOUT_S  # a notice this old from an eng
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.engine.board import EngineNotice
     from app.ops.pod import PodBoard  # prometheus_client: not before the supervisor set PROMETHEUS_MULTIPROC_DIR
 
 log = logging.getLogger("app.engine.supervise")
@@ -141,19 +142,28 @@ class EngineSet:
             self._ended(engine, process, now)
 
     def _check(self, engine: _Engine, process: subprocess.Popen[bytes]) -> None:
-        notice = self._board.engines.read(engine.index)
-        if notice is None or notice.pid != process.pid:
+        notice = self._note_ready(engine, process)
+        if notice is None:
             return
-        if notice.ready and not engine.ready:
-            engine.ready = engine.served = True
         stale = time.time() - notice.updated
         if engine.ready and stale > HEARTBEAT_TIMEOUT_S:
             log.error("engine process %d (pid %d) silent for %.0f s: killing it", engine.index, process.pid, stale)
             process.kill()
 
+    def _note_ready(self, engine: _Engine, process: subprocess.Popen[bytes]) -> EngineNotice | None:
+        notice = self._board.engines.read(engine.index)
+        if notice is None or notice.pid != process.pid:
+            return None
+        if notice.ready and not engine.ready:
+            engine.ready = engine.served = True
+        return notice
+
     def _ended(self, engine: _Engine, process: subprocess.Popen[bytes], now: float) -> None:
         from prometheus_client import multiprocess
 
+        # Its notice first: an engine that said it was ready just before it died was not a start failure,
+        # even when it died between two of these checks (the workers may already have served through it).
+        self._note_ready(engine, process)
         code = process.returncode
         engine.process = None
         self._board.engines.withdraw(engine.index)
