@@ -28,13 +28,13 @@ from pathlib import Path
 
 from bench.workers import (
     DEFAULT_PHOTOS,
-    STAND_IN,
     Arm,
     Figures,
     Load,
     _int_list,
     _mean,
     _stop_on_sigterm,
+    announce,
     run_arms,
 )
 from tests.support.redis import find_redis_server
@@ -99,13 +99,7 @@ def main() -> None:
     payloads = [p.strip() for p in args.payloads.split(",") if p.strip()]
     arms = [Arm(w, True, engine) for w in args.workers for engine in ("off", "on")]
     loads = {arm: [Load(p, args.clients, args.batch) for p in payloads] for arm in arms}
-    start_s = 10 if args.model == STAND_IN else 40
-    estimate = args.repeats * sum(start_s + 1 + len(loads[a]) * (args.duration + 1) for a in arms)
-    print(
-        f"{args.repeats} repeat(s) of {', '.join(a.name for a in arms)}; model {args.model} on {args.device}; "
-        f"about {estimate / 60:.1f} minutes",
-        flush=True,
-    )
+    announce(arms, loads, args)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     runs: list[Figures] = []
     for workers in args.workers:  # each count's ratios as soon as it is done: a run cut short keeps them

